@@ -1,0 +1,295 @@
+"""Pure helpers that turn token id lists into padded batches.
+
+Nothing here touches torch or a model, so every function is cheap to unit test.
+
+Pipeline used by :class:`~clinicalbert_spark.encode.SentenceEncoder` and
+:class:`~clinicalbert_spark.encode.Predictor`:
+
+1. the whole partition is tokenized once, without special tokens, padding or
+   truncation (:func:`tokenize_texts`);
+2. each text becomes one or more *segments* ``[CLS] content [SEP]`` of at most
+   ``max_length`` tokens (:func:`build_segments`, :func:`window_starts`);
+3. segments are sorted by length and cut into batches whose padded size
+   ``rows * padded_len`` stays within a token budget (:func:`plan_batches`);
+4. each batch is right-padded to a multiple of ``pad_multiple``
+   (:func:`collate`); outputs are scattered back by segment index, so input
+   order is restored whatever the batch order was.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "padded_length",
+    "plan_batches",
+    "next_batch",
+    "window_starts",
+    "Segments",
+    "build_segments",
+    "collate",
+]
+
+
+def padded_length(max_len: int, pad_multiple: int) -> int:
+    """Round ``max_len`` up to a multiple of ``pad_multiple``.
+
+    Multiples of 8 keep tensor-core tiles full on GPUs and keep the number of
+    distinct shapes small (fewer recompiles under ``torch.compile``).
+    """
+    if pad_multiple <= 1:
+        return int(max_len)
+    return int(-(-int(max_len) // pad_multiple) * pad_multiple)
+
+
+def next_batch(
+    sorted_lengths: np.ndarray, start: int, max_tokens: int, pad_multiple: int
+) -> int:
+    """Return the end (exclusive) of the batch that begins at ``start``.
+
+    ``sorted_lengths`` must be in *descending* order, so the first row of a
+    batch is its longest and fixes the padded length. The batch takes as many
+    rows as fit ``rows * padded_len <= max_tokens``, and always at least one
+    (a single over-budget segment still has to run).
+    """
+    n = len(sorted_lengths)
+    if start >= n:
+        return start
+    plen = padded_length(sorted_lengths[start], pad_multiple)
+    rows = max(1, int(max_tokens) // max(plen, 1))
+    return min(n, start + rows)
+
+
+def plan_batches(
+    lengths: Sequence[int] | np.ndarray, max_tokens: int, pad_multiple: int = 8
+) -> list[np.ndarray]:
+    """Group sequences into batches under a padded-token budget.
+
+    Parameters
+    ----------
+    lengths : sequence of int
+        Length (tokens, special tokens included) of each sequence.
+    max_tokens : int
+        Budget per batch: ``len(batch) * padded_length(max(batch))`` is at
+        most this, except for a single sequence longer than the budget, which
+        gets a batch of its own.
+    pad_multiple : int, default=8
+        Batches are padded to a multiple of this.
+
+    Returns
+    -------
+    batches : list of ndarray of int64
+        Indices into ``lengths``. Every index appears exactly once. Batches
+        come longest-first so an out-of-memory error, if any, shows up on the
+        first batch rather than after most of the work.
+
+    Notes
+    -----
+    Sorting by length before cutting makes padding nearly free: rows in a
+    batch differ by only a few tokens. The sort is stable, so ties keep input
+    order and the plan is deterministic.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be >= 1")
+    if lengths.size == 0:
+        return []
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    batches = []
+    start = 0
+    while start < len(order):
+        end = next_batch(sorted_lengths, start, max_tokens, pad_multiple)
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+def window_starts(n_content: int, window: int, stride: int) -> np.ndarray:
+    """Start offsets of overlapping windows covering ``n_content`` tokens.
+
+    Parameters
+    ----------
+    n_content : int
+        Number of content tokens (special tokens excluded).
+    window : int
+        Content tokens per window (``max_length - 2`` leaves room for
+        ``[CLS]`` and ``[SEP]``).
+    stride : int
+        Minimum overlap, in tokens, between consecutive windows
+        (``0 <= stride < window``).
+
+    Returns
+    -------
+    starts : ndarray of int64
+        ``[0]`` if everything fits. Otherwise windows advance by
+        ``window - stride``; the last one is right-aligned to end exactly at
+        ``n_content``, so every window is full length and consecutive windows
+        overlap by at least ``stride`` tokens.
+    """
+    if not 0 <= stride < window:
+        raise ValueError(f"need 0 <= stride < window, got stride={stride}, window={window}")
+    if n_content <= window:
+        return np.zeros(1, dtype=np.int64)
+    step = window - stride
+    k = 1 + math.ceil((n_content - window) / step)
+    starts = np.arange(k, dtype=np.int64) * step
+    starts[-1] = n_content - window
+    return starts
+
+
+@dataclass
+class Segments:
+    """Model inputs derived from a list of token id lists.
+
+    Attributes
+    ----------
+    ids : list of ndarray of int64
+        One array per segment: ``[CLS] content [SEP]``.
+    row : ndarray of int64
+        Input row of each segment; segments of a row are contiguous and in
+        text order.
+    start : ndarray of int64
+        Offset of the segment's first content token within its row's content
+        tokens (0 for the first window).
+    n_windows : ndarray of int32
+        Segments per input row (0 for rows that were skipped).
+    truncated : ndarray of bool
+        Per input row: content was cut (``long_policy="truncate"``).
+    n_tokens : ndarray of int32
+        Per input row: real tokens fed to the model, special tokens included,
+        summed over windows.
+    """
+
+    ids: list
+    row: np.ndarray
+    start: np.ndarray
+    n_windows: np.ndarray
+    truncated: np.ndarray
+    n_tokens: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Length of each segment in tokens."""
+        return np.fromiter((len(s) for s in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def build_segments(
+    token_ids: Sequence[Sequence[int] | None],
+    *,
+    max_length: int,
+    stride: int,
+    long_policy: str,
+    cls_id: int,
+    sep_id: int,
+) -> Segments:
+    """Split content token ids into model-sized segments.
+
+    Parameters
+    ----------
+    token_ids : sequence of (sequence of int or None)
+        Content ids per row, without special tokens. ``None`` marks a row to
+        skip (bad input); it gets no segment.
+    max_length : int
+        Maximum segment length including ``[CLS]`` and ``[SEP]``.
+    stride : int
+        Overlap between windows, see :func:`window_starts`.
+    long_policy : {"window", "truncate"}
+        What to do with rows longer than ``max_length``.
+    cls_id, sep_id : int
+        Special token ids wrapped around each segment.
+
+    Returns
+    -------
+    segments : Segments
+    """
+    if long_policy not in ("window", "truncate"):
+        raise ValueError(f"long_policy must be 'window' or 'truncate', got {long_policy!r}")
+    window = max_length - 2
+    if window < 1:
+        raise ValueError("max_length must be >= 3")
+    n_rows = len(token_ids)
+    ids, rows, starts = [], [], []
+    n_windows = np.zeros(n_rows, dtype=np.int32)
+    truncated = np.zeros(n_rows, dtype=np.bool_)
+    n_tokens = np.zeros(n_rows, dtype=np.int32)
+    for r, content in enumerate(token_ids):
+        if content is None:
+            continue
+        content = np.asarray(content, dtype=np.int64)
+        n = len(content)
+        if n <= window:
+            offsets = np.zeros(1, dtype=np.int64)
+        elif long_policy == "truncate":
+            offsets = np.zeros(1, dtype=np.int64)
+            truncated[r] = True
+        else:
+            offsets = window_starts(n, window, stride)
+        for s in offsets:
+            piece = content[s : s + window]
+            seg = np.empty(len(piece) + 2, dtype=np.int64)
+            seg[0] = cls_id
+            seg[1:-1] = piece
+            seg[-1] = sep_id
+            ids.append(seg)
+            rows.append(r)
+            starts.append(int(s))
+            n_tokens[r] += len(seg)
+        n_windows[r] = len(offsets)
+    return Segments(
+        ids=ids,
+        row=np.asarray(rows, dtype=np.int64),
+        start=np.asarray(starts, dtype=np.int64),
+        n_windows=n_windows,
+        truncated=truncated,
+        n_tokens=n_tokens,
+    )
+
+
+def collate(
+    segments: Sequence[np.ndarray], index: np.ndarray, pad_id: int, pad_multiple: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad the selected segments into dense arrays.
+
+    Returns
+    -------
+    input_ids : ndarray of int64, shape (len(index), padded_len)
+    attention_mask : ndarray of int64, same shape; 1 on real tokens.
+
+    Right padding keeps position ids identical to an unpadded run, which is
+    what makes a segment's output independent of its batch mates.
+    """
+    lens = [len(segments[i]) for i in index]
+    plen = padded_length(max(lens), pad_multiple)
+    input_ids = np.full((len(index), plen), pad_id, dtype=np.int64)
+    mask = np.zeros((len(index), plen), dtype=np.int64)
+    for r, (i, n) in enumerate(zip(index, lens)):
+        input_ids[r, :n] = segments[i]
+        mask[r, :n] = 1
+    return input_ids, mask
+
+
+def assign_windows(n_content: int, starts: np.ndarray, window: int) -> np.ndarray:
+    """Pick, for each content token, the window that sees it with most context.
+
+    A token's margin in a window is its distance to the nearer window edge;
+    the window with the largest margin wins (ties: the earlier window), so
+    per-token predictions near one window's edge come from the neighbouring
+    window where the token sits further inside.
+
+    Returns
+    -------
+    choice : ndarray of int64, shape (n_content,)
+        Index into ``starts``, or -1 for tokens no window covers (content cut
+        by ``long_policy="truncate"``).
+    """
+    pos = np.arange(n_content, dtype=np.int64)[:, None]
+    s = np.asarray(starts, dtype=np.int64)[None, :]
+    inside = (pos >= s) & (pos < s + window)
+    margin = np.where(inside, np.minimum(pos - s, s + window - 1 - pos), -1)
+    choice = margin.argmax(axis=1)
+    choice[margin.max(axis=1) < 0] = -1
+    return choice

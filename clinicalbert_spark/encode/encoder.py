@@ -1,0 +1,284 @@
+"""Sentence embeddings with token-budget batching and long-text windowing."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .batching import build_segments
+from .device import autocast_context, resolve_device, resolve_precision
+from .model import LoadedModel
+from .pooling import average_windows, l2_normalize, pool
+from .runtime import (
+    DEFAULT_MAX_TOKENS,
+    EncodeStats,
+    _Budget,
+    classify_texts,
+    run_batches,
+    tokenize_texts,
+)
+
+__all__ = ["EncoderConfig", "EncodeResult", "SentenceEncoder", "EncodeStats"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How texts are turned into vectors. Frozen, hence hashable (a cache key).
+
+    Parameters
+    ----------
+    pooling : {"mean", "cls"}, default="mean"
+        ``"mean"``: average of the last-layer states over every real token,
+        ``[CLS]``/``[SEP]`` included (sentence-transformers' convention).
+        ``"cls"``: last-layer ``[CLS]`` state. Mean is the default because
+        Bio_ClinicalBERT was never trained to put a sentence summary in
+        ``[CLS]`` (no fine-tuned pooler), and mean pooling of such MLM-only
+        encoders is the stronger similarity baseline.
+    normalize : bool, default=False
+        L2-normalise each final vector (after window averaging), so dot
+        product equals cosine similarity.
+    max_length : int, default=128
+        Tokens per model sequence including ``[CLS]`` and ``[SEP]``, at most
+        512. 128 matches Bio_ClinicalBERT's pretraining length.
+    stride : int, optional
+        Overlap in tokens between consecutive windows of a long text.
+        Default ``max_length // 4`` (32 for 128): each window after the first
+        re-reads 32 tokens of context. Must be below ``max_length - 2``.
+    long_policy : {"window", "truncate"}, default="window"
+        Texts longer than ``max_length`` are split into overlapping windows
+        whose pooled vectors are averaged (``"window"``), or cut to the first
+        ``max_length`` tokens and flagged ``truncated`` (``"truncate"``).
+    max_tokens : int, optional
+        Padded-token budget per batch (``rows * padded_len``). Default 8192
+        on CPU, 65536 on CUDA. Lowered automatically after a GPU OOM.
+    pad_to_multiple_of : int, default=8
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Compute dtype via autocast. ``"auto"``: bf16 on GPUs that support it,
+        else fp16; fp32 on CPU.
+    embedding_dtype : {"float32", "float16"}, default="float32"
+        Dtype of the returned vectors (pooling is always done in fp32).
+    compile : bool, default=False
+        Wrap the model in ``torch.compile(dynamic=True)``. Worth it for long
+        GPU jobs; the first batches pay the compile time. Falls back to eager
+        if compilation fails.
+    """
+
+    pooling: str = "mean"
+    normalize: bool = False
+    max_length: int = 128
+    stride: int | None = None
+    long_policy: str = "window"
+    max_tokens: int | None = None
+    pad_to_multiple_of: int = 8
+    precision: str = "auto"
+    embedding_dtype: str = "float32"
+    compile: bool = False
+
+    def __post_init__(self):
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if not 3 <= self.max_length <= 512:
+            raise ValueError(f"max_length must be in [3, 512], got {self.max_length}")
+        if self.stride is not None and not 0 <= self.stride < self.max_length - 2:
+            raise ValueError(f"stride must be in [0, max_length - 2), got {self.stride}")
+        if self.long_policy not in ("window", "truncate"):
+            raise ValueError(f"long_policy must be 'window' or 'truncate', got {self.long_policy!r}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if self.pad_to_multiple_of < 1:
+            raise ValueError("pad_to_multiple_of must be >= 1")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto/fp32/bf16/fp16, got {self.precision!r}")
+        if self.embedding_dtype not in ("float32", "float16"):
+            raise ValueError(f"embedding_dtype must be float32 or float16, got {self.embedding_dtype!r}")
+
+    @property
+    def effective_stride(self) -> int:
+        """Window overlap actually used."""
+        return self.max_length // 4 if self.stride is None else self.stride
+
+
+@dataclass
+class EncodeResult:
+    """Output of :meth:`SentenceEncoder.encode`, one entry per input row, in input order.
+
+    Attributes
+    ----------
+    embeddings : ndarray, shape (n, dim), float32 or float16
+        All zeros for rows whose status is not ``"ok"`` (write null there).
+    n_tokens : ndarray of int32, shape (n,)
+        Real tokens fed to the model, special tokens included, summed over windows.
+    n_windows : ndarray of int32, shape (n,)
+        Model sequences per row (0 for bad rows, >1 for windowed long texts).
+    truncated : ndarray of bool, shape (n,)
+        Text was cut (``long_policy="truncate"`` only).
+    status : list of str
+        ``"ok"``, ``"empty_text"`` (None/NaN/blank), ``"invalid_type"``
+        (not a string) or ``"no_tokens"`` (tokenizer produced nothing).
+    stats : EncodeStats
+    """
+
+    embeddings: np.ndarray
+    n_tokens: np.ndarray
+    n_windows: np.ndarray
+    truncated: np.ndarray
+    status: list
+    stats: EncodeStats = field(default_factory=EncodeStats)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of rows with a valid embedding."""
+        return np.fromiter((s == "ok" for s in self.status), dtype=np.bool_, count=len(self.status))
+
+
+def _special_ids(tokenizer) -> tuple[int, int, int]:
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if cls_id is None or sep_id is None:
+        raise ValueError("tokenizer has no [CLS]/[SEP] (or BOS/EOS) token")
+    return int(cls_id), int(sep_id), int(pad_id)
+
+
+class SentenceEncoder:
+    """Embed texts with a BERT-family encoder.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        From :func:`~clinicalbert_spark.encode.load_model`. Any task works:
+        for head checkpoints the base encoder is used. The model is moved to
+        ``device`` in place.
+    config : EncoderConfig, optional
+    device : str or torch.device, optional
+        Default :func:`~clinicalbert_spark.encode.resolve_device` ("auto").
+
+    Notes
+    -----
+    One instance per Python worker process (see
+    :func:`~clinicalbert_spark.encode.get_cached`); ``encode`` holds a lock,
+    so concurrent calls from several threads are serialised, not corrupted.
+    Torch's intra-op thread count is left alone: with several Spark Python
+    workers per executor the caller should set ``torch.set_num_threads``
+    to cores / workers.
+
+    Examples
+    --------
+    >>> enc = SentenceEncoder(load_model("/models/Bio_ClinicalBERT"), EncoderConfig())
+    >>> res = enc.encode(["Patient denies chest pain.", None])
+    >>> res.embeddings.shape, res.status
+    ((2, 768), ['ok', 'empty_text'])
+    """
+
+    def __init__(self, loaded: LoadedModel, config: EncoderConfig | None = None, device=None):
+        self.loaded = loaded
+        self.config = config or EncoderConfig()
+        self.device = device if isinstance(device, torch.device) else resolve_device(device or "auto")
+        self.dtype = resolve_precision(self.config.precision, self.device)
+        model = loaded.model if loaded.task == "embed" else loaded.model.base_model
+        max_pos = getattr(loaded.config, "max_position_embeddings", 512)
+        if self.config.max_length > max_pos:
+            raise ValueError(f"max_length {self.config.max_length} exceeds the model's {max_pos} positions")
+        self.model = model.to(self.device).eval()
+        self.dim = int(loaded.config.hidden_size)
+        self.cls_id, self.sep_id, self.pad_id = _special_ids(loaded.tokenizer)
+        max_tokens = self.config.max_tokens or DEFAULT_MAX_TOKENS.get(self.device.type, 8192)
+        #: Current token budget; shrinks (and stays shrunk) after a GPU OOM.
+        self.budget = _Budget(max_tokens)
+        self._module = torch.compile(self.model, dynamic=True) if self.config.compile else self.model
+        self._compiled = self.config.compile
+        self._lock = threading.Lock()
+        # Fault-injection seam for tests: (input_ids, attention_mask) -> last hidden state.
+        self._forward = self._model_forward
+
+    @property
+    def max_tokens(self) -> int:
+        """Current padded-token budget per batch."""
+        return self.budget.max_tokens
+
+    def _model_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.device, self.dtype):
+            try:
+                out = self._module(input_ids=input_ids, attention_mask=attention_mask)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception:
+                if not self._compiled:
+                    raise
+                # torch.compile failures surface on first call; eager is always correct.
+                logger.warning("torch.compile failed; falling back to eager", exc_info=True)
+                self._module, self._compiled = self.model, False
+                out = self._module(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def encode(self, texts: Sequence[Any]) -> EncodeResult:
+        """Embed ``texts`` (one vector per row, input order kept).
+
+        Parameters
+        ----------
+        texts : sequence of str
+            A list, numpy array or pandas Series. None/NaN/blank/non-string
+            rows never raise: they get a zero vector and a non-``"ok"`` status.
+
+        Returns
+        -------
+        result : EncodeResult
+        """
+        t0 = time.perf_counter()
+        texts = list(texts)
+        n = len(texts)
+        cfg = self.config
+        status = classify_texts(texts)
+        ids = tokenize_texts(self.loaded.tokenizer, texts, status)
+        seg = build_segments(
+            ids,
+            max_length=cfg.max_length,
+            stride=cfg.effective_stride,
+            long_policy=cfg.long_policy,
+            cls_id=self.cls_id,
+            sep_id=self.sep_id,
+        )
+        stats = EncodeStats(rows=n, segments=len(seg.ids))
+        seg_vectors = np.zeros((len(seg.ids), self.dim), dtype=np.float32)
+        if seg.ids:
+            pooled: list[tuple[np.ndarray, torch.Tensor]] = []
+
+            def step(index, input_ids, attention_mask):
+                hidden = self._forward(input_ids, attention_mask)
+                # Kept on the device: no per-batch sync, so the host can
+                # collate the next batch while the GPU still computes.
+                pooled.append((index, pool(hidden, attention_mask, cfg.pooling)))
+
+            with self._lock, torch.inference_mode():
+                run_batches(
+                    seg.ids,
+                    budget=self.budget,
+                    pad_multiple=cfg.pad_to_multiple_of,
+                    pad_id=self.pad_id,
+                    device=self.device,
+                    step=step,
+                    stats=stats,
+                )
+                index = np.concatenate([i for i, _ in pooled])
+                seg_vectors[index] = torch.cat([p for _, p in pooled]).cpu().numpy()
+        emb = average_windows(seg_vectors, seg.row, n)
+        if cfg.normalize:
+            emb = l2_normalize(emb)
+        stats.seconds = time.perf_counter() - t0
+        return EncodeResult(
+            embeddings=emb.astype(cfg.embedding_dtype, copy=False),
+            n_tokens=seg.n_tokens,
+            n_windows=seg.n_windows,
+            truncated=seg.truncated,
+            status=status,
+            stats=stats,
+        )
+
+    __call__ = encode

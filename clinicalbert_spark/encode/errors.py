@@ -1,0 +1,33 @@
+"""Exceptions raised by the encoder library.
+
+Every error raised on purpose derives from :class:`EncodeError` so the Spark
+glue can catch this library's failures without swallowing unrelated bugs.
+Messages never contain note text (PHI); they name models, paths and files.
+"""
+from __future__ import annotations
+
+
+class EncodeError(Exception):
+    """Base class of every error this package raises deliberately."""
+
+
+class ModelLoadError(EncodeError):
+    """A model or tokenizer could not be loaded (bad directory, bad checkpoint)."""
+
+
+class ModelNotAvailableError(ModelLoadError):
+    """A hub model id could not be resolved: offline and not in the local cache,
+    no network, unknown repository or unknown revision."""
+
+
+class MissingModelFileError(ModelLoadError):
+    """A local model directory lacks a required file (config, weights, tokenizer)."""
+
+
+class PickleCheckpointError(ModelLoadError):
+    """The checkpoint holds only pickle weights (``pytorch_model.bin``) and
+    ``allow_pickle`` was not set. Unpickling runs arbitrary code, so it is opt-in."""
+
+
+class TaskMismatchError(ModelLoadError):
+    """The requested task needs a trained head the checkpoint does not contain."""

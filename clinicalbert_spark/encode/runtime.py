@@ -1,0 +1,206 @@
+"""Shared execution loop: token-budget batches, device transfer, OOM back-off.
+
+Used by both :class:`~clinicalbert_spark.encode.SentenceEncoder` and
+:class:`~clinicalbert_spark.encode.Predictor`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .batching import collate, next_batch, padded_length
+
+__all__ = ["EncodeStats", "run_batches", "classify_texts", "tokenize_texts", "DEFAULT_MAX_TOKENS"]
+
+logger = logging.getLogger(__name__)
+
+#: Default token budget per batch (``rows * padded_len``). On CPU larger
+#: batches buy nothing once the GEMMs are a few thousand rows tall and only
+#: raise peak memory; on a GPU 64k tokens (e.g. 512 x 128) keeps an H100 busy
+#: with BERT-base while activations stay around a few GiB.
+DEFAULT_MAX_TOKENS = {"cpu": 8192, "cuda": 65536}
+
+
+@dataclass
+class EncodeStats:
+    """Counters for one ``encode``/``predict`` call (add them up across calls).
+
+    Attributes
+    ----------
+    rows : int
+        Input rows.
+    segments : int
+        Model sequences (rows times windows, bad rows excluded).
+    real_tokens : int
+        Non-padding tokens run through the model, special tokens included.
+    padded_tokens : int
+        Tokens actually computed (``rows * padded_len`` summed over batches).
+    batches : int
+        Successful forward passes.
+    oom_retries : int
+        Batches re-planned after ``torch.cuda.OutOfMemoryError``.
+    seconds : float
+        Wall time of the call (tokenization included).
+    """
+
+    rows: int = 0
+    segments: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+    oom_retries: int = 0
+    seconds: float = 0.0
+
+    @property
+    def padding_efficiency(self) -> float:
+        """``real_tokens / padded_tokens`` (1.0 = no padding waste)."""
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+    def __add__(self, other: "EncodeStats") -> "EncodeStats":
+        return EncodeStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def as_dict(self) -> dict:
+        """Plain dict (for JSON run summaries), padding efficiency included."""
+        d = asdict(self)
+        d["padding_efficiency"] = self.padding_efficiency
+        return d
+
+
+_NOT_SPACE = re.compile(r"\S")
+
+
+def classify_texts(texts: Sequence[Any]) -> list[str]:
+    """Per-row status before tokenization.
+
+    Returns ``"ok"``, ``"empty_text"`` (None, NaN, empty or whitespace-only)
+    or ``"invalid_type"`` (not a string). Never raises on a row.
+    """
+    status = []
+    for t in texts:
+        if isinstance(t, str):
+            status.append("ok" if _NOT_SPACE.search(t) else "empty_text")
+        elif t is None or (isinstance(t, float) and t != t):  # None or NaN (pandas null)
+            status.append("empty_text")
+        else:
+            status.append("invalid_type")
+    return status
+
+
+def tokenize_texts(tokenizer, texts: Sequence[Any], status: list[str], offsets: bool = False):
+    """Tokenize every ``status == "ok"`` row in one fast-tokenizer call.
+
+    No special tokens, no padding, no truncation: long rows are handled by
+    windowing later, never cut silently here. Rows that yield no token at all
+    (e.g. only control characters) get status ``"no_tokens"`` (``status`` is
+    updated in place).
+
+    Returns
+    -------
+    ids : list of (list of int or None)
+        Content ids per row; None for skipped rows.
+    encodings : list of (tokenizers.Encoding or None)
+        Only when ``offsets=True`` (character offsets, word ids).
+    """
+    ok = [i for i, s in enumerate(status) if s == "ok"]
+    ids: list = [None] * len(status)
+    encs: list = [None] * len(status)
+    if ok:
+        batch = tokenizer(
+            [texts[i] for i in ok],
+            add_special_tokens=False,
+            padding=False,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            return_offsets_mapping=offsets,
+            verbose=False,  # no "sequence longer than max length" warning: we window
+        )
+        for j, i in enumerate(ok):
+            row = batch["input_ids"][j]
+            if len(row) == 0:
+                status[i] = "no_tokens"
+                continue
+            ids[i] = row
+            if offsets:
+                encs[i] = batch.encodings[j]
+    return (ids, encs) if offsets else ids
+
+
+class _Budget:
+    """Mutable token budget shared across calls (shrinks after an OOM)."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = int(max_tokens)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        # Pinned host memory lets the copy run asynchronously with compute
+        # still queued from the previous batch.
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def run_batches(
+    segments: Sequence[np.ndarray],
+    *,
+    budget: _Budget,
+    pad_multiple: int,
+    pad_id: int,
+    device: torch.device,
+    step: Callable[[np.ndarray, torch.Tensor, torch.Tensor], None],
+    stats: EncodeStats,
+) -> None:
+    """Run ``step(index, input_ids, attention_mask)`` over budgeted batches.
+
+    Segments are sorted longest first and batches cut greedily under
+    ``budget.max_tokens`` (see :func:`~.batching.plan_batches`; the cut is made
+    lazily so a shrunken budget applies to every later batch).
+
+    On ``torch.cuda.OutOfMemoryError`` the CUDA cache is emptied, the budget
+    is halved (to at most half of the failed batch's padded size, so the
+    batch really splits) and the same rows are retried. A single segment that
+    still does not fit re-raises: the device cannot run this model at all,
+    and failing the task lets Spark retry it elsewhere rather than silently
+    writing nulls.
+
+    ``step`` must have no side effect before its forward pass succeeds.
+    """
+    lengths = np.fromiter((len(s) for s in segments), dtype=np.int64, count=len(segments))
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    start = 0
+    while start < len(order):
+        end = next_batch(sorted_lengths, start, budget.max_tokens, pad_multiple)
+        index = order[start:end]
+        plen = padded_length(sorted_lengths[start], pad_multiple)
+        ids_np, mask_np = collate(segments, index, pad_id, pad_multiple)
+        oom = False
+        try:
+            step(index, _to_device(ids_np, device), _to_device(mask_np, device))
+        except torch.cuda.OutOfMemoryError:
+            if len(index) == 1:
+                raise
+            oom = True
+        if oom:
+            # Outside the except block: the traceback no longer pins the
+            # failed batch's activations, so empty_cache can release them.
+            stats.oom_retries += 1
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            budget.max_tokens = max(1, min(budget.max_tokens, len(index) * plen) // 2)
+            logger.warning(
+                "out of memory on a batch of %d x %d tokens; token budget lowered to %d",
+                len(index), plen, budget.max_tokens,
+            )
+            continue
+        stats.batches += 1
+        stats.real_tokens += int(sorted_lengths[start:end].sum())
+        stats.padded_tokens += len(index) * plen
+        start = end

@@ -1,0 +1,157 @@
+"""The bodies of the single-stage jobs (``jobs/segment_notes.py``, ``embed_sentences.py``,
+``predict.py``). Each writes one table (overwrite) plus its run summary; the incremental,
+multi-table run lives in :mod:`clinicalbert_spark.pipeline`."""
+from __future__ import annotations
+
+import logging
+import time
+
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
+from . import io
+from .config import PipelineConfig
+from .pipeline import attach_text, new_run_id, sanitise_run_id
+from .spark.session import get_spark
+
+log = logging.getLogger("clinicalbert_spark.jobs")
+
+
+def rejects_path(output: str) -> str:
+    return output.rstrip("/") + "_rejects"
+
+
+def print_summary(title: str, items: dict) -> None:
+    width = max(len(k) for k in items) + 2
+    lines = [title] + [f"  {k:<{width}}{v}" for k, v in items.items()]
+    print("\n".join(lines), flush=True)
+
+
+def segment_job(cfg: PipelineConfig) -> int:
+    from .spark.segment import segment_notes, split_segment_output
+
+    out = cfg.output.path
+    if not out:
+        raise ValueError("no output given (--output PATH)")
+    spark = get_spark(cfg.spark)
+    run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
+    t0 = time.perf_counter()
+    notes = io.read_notes(spark, cfg.input)
+    seg = segment_notes(notes.notes, cfg.segment.backend, cfg.segment.include_text,
+                        cfg.spark.partitions).persist(StorageLevel.MEMORY_AND_DISK)
+    sentences, seg_rejects = split_segment_output(seg)
+    io.write_table(sentences.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
+                   mode=cfg.output.mode)
+    rejects = notes.rejects.unionByName(seg_rejects).withColumn("run_id", F.lit(run_id))
+    rejects = rejects.persist(StorageLevel.MEMORY_AND_DISK)
+    io.write_table(rejects, rejects_path(out), cfg.output.format, mode=cfg.output.mode)
+    n_sent = sentences.count()
+    n_notes = sentences.select("note_id").distinct().count()
+    by_reason = {r.reason: r["count"] for r in rejects.groupBy("reason").count().collect()}
+    secs = time.perf_counter() - t0
+    items = {"run id": run_id, "notes segmented": n_notes, "sentences": n_sent,
+             "rejected records": sum(by_reason.values())}
+    items.update({f"  rejected: {k}": v for k, v in sorted(by_reason.items())})
+    items.update({"sentences table": f"{out} ({cfg.output.format})",
+                  "rejects table": rejects_path(out), "seconds": f"{secs:.1f}"})
+    print_summary("segment_notes summary", items)
+    seg.unpersist()
+    rejects.unpersist()
+    return 0
+
+
+def _sentences_with_text(spark, cfg: PipelineConfig, notes_path: str | None):
+    sentences = io.read_table(spark, cfg.input.path, cfg.input.format
+                              if cfg.input.format in ("parquet", "delta", "table") else "auto")
+    has_text = "text" in sentences.columns and sentences.where(
+        F.col("text").isNotNull()).limit(1).count() > 0
+    if not has_text:
+        if not notes_path:
+            raise ValueError("the sentences table has no text (written with --no-text); "
+                             "pass --notes PATH so the text is re-read from the notes")
+        ncfg = cfg.input.model_copy(update={"path": notes_path, "format": "auto"})
+        sentences = attach_text(sentences, io.read_notes(spark, ncfg).notes)
+    return sentences
+
+
+def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
+    from .spark.encode import embed_sentences
+
+    out = cfg.output.path
+    if not out:
+        raise ValueError("no output given (--output PATH)")
+    if not cfg.input.path:
+        raise ValueError("no input given (--input SENTENCES)")
+    spark = get_spark(cfg.spark)
+    run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
+    sentences = _sentences_with_text(spark, cfg, notes_path)
+    t0 = time.perf_counter()
+    emb, acc = embed_sentences(sentences, cfg.encode, cfg.spark.partitions)
+    emb = emb.persist(StorageLevel.MEMORY_AND_DISK)
+    io.write_table(emb.drop("status").withColumn("run_id", F.lit(run_id)), out,
+                   cfg.output.format, mode=cfg.output.mode)
+    secs = time.perf_counter() - t0
+    a = emb.agg(F.count("*").alias("n"), F.sum("n_tokens").alias("tok"),
+                F.sum("n_windows").alias("win"), F.sum(F.col("truncated").cast("int")).alias("tr"),
+                F.sum((F.col("status") != "ok").cast("int")).alias("bad")).first()
+    n, tok = a["n"] or 0, a["tok"] or 0
+    print_summary("embed_sentences summary", {
+        "run id": run_id, "model": cfg.encode.model, "sentences": n,
+        "rows without usable text (null vector)": a["bad"] or 0, "tokens": tok,
+        "windows": a["win"] or 0, "truncated": a["tr"] or 0,
+        "padding efficiency": f"{tok / max(acc.padded_tokens.value, 1):.3f}",
+        "OOM retries (token budget halved)": acc.oom_retries.value,
+        "sentences/s": f"{n / max(secs, 1e-9):.1f}", "tokens/s": f"{tok / max(secs, 1e-9):.0f}",
+        "embeddings table": f"{out} ({cfg.output.format})", "seconds": f"{secs:.1f}",
+    })
+    emb.unpersist()
+    return 0
+
+
+def predict_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
+    from .spark.encode import predict_sentences
+
+    out = cfg.output.path
+    if not out:
+        raise ValueError("no output given (--output PATH)")
+    spark = get_spark(cfg.spark)
+    run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
+    sentences = _sentences_with_text(spark, cfg, notes_path)
+    t0 = time.perf_counter()
+    preds = predict_sentences(sentences, cfg.predict, cfg.encode, cfg.spark.partitions)
+    preds = preds.persist(StorageLevel.MEMORY_AND_DISK)
+    io.write_table(preds.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
+                   mode=cfg.output.mode)
+    by_status = {r.status: r["count"] for r in preds.groupBy("status").count().collect()}
+    task = preds.select("task").where(F.col("task").isNotNull()).limit(1).collect()
+    print_summary("predict summary", {
+        "run id": run_id, "model": cfg.predict.model or cfg.encode.model,
+        "task": task[0].task if task else cfg.predict.task,
+        "rows": sum(by_status.values()), **{f"  status {k}": v for k, v in by_status.items()},
+        "predictions table": f"{out} ({cfg.output.format})",
+        "seconds": f"{time.perf_counter() - t0:.1f}",
+    })
+    preds.unpersist()
+    return 0
+
+
+def pipeline_job(cfg: PipelineConfig) -> int:
+    from .pipeline import Pipeline
+
+    p = Pipeline(cfg)
+    row = p.run()
+    c = row
+    print_summary(f"run {row['run_id']} {row['status']}", {
+        "input records": c["input_records"], "notes usable": c["notes"],
+        "notes segmented (new or changed)": c["notes_segmented"],
+        "notes unchanged (skipped)": c["notes_unchanged"],
+        "rejects (this run's input)": c["rejects"], "sentences written": c["sentences"],
+        "sentences embedded": c["sentences_embedded"], "tokens": c["tokens"],
+        "windows": c["windows"], "predictions": c["predictions"],
+        "padding efficiency": "-" if c["padding_efficiency"] is None
+        else f"{c['padding_efficiency']:.3f}",
+        "tokens/s": "-" if c["tokens_per_s"] is None else f"{c['tokens_per_s']:.0f}",
+        "OOM retries": c["oom_retries"], "seconds": f"{c['seconds_total']:.1f}",
+        "tables": p.root,
+    })
+    return 0

@@ -1,0 +1,21 @@
+"""Logging set-up for the jobs. Log lines carry counts and ids, never note text (PHI)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def setup_logging(level: str | None = None) -> None:
+    level = level or os.environ.get("CBS_LOG_LEVEL", "INFO")
+    root = logging.getLogger("clinicalbert_spark")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    # transformers/py4j chatter is not ours to print at INFO.
+    for noisy in ("py4j", "transformers", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

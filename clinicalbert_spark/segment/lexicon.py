@@ -1,0 +1,382 @@
+"""Section-header lexicon, key:value field names and abbreviation lists.
+
+Written for this project (in the spirit of medspaCy's section rules, not derived from its code).
+Every header variant is stored *normalised* (see :func:`normalize_title`): lower case, de-id
+brackets removed, ``&`` -> ``and``, runs of space collapsed, surrounding punctuation stripped.
+
+Design notes
+------------
+* Sub-headers are mapped to the category of the section they usually sit in when that keeps the
+  category stable whichever way an annotator draws the line (``Date of Birth``, ``Service`` and
+  ``Attending`` are all ``admission_info``; echo chamber headers ``LEFT ATRIUM`` ... are
+  ``findings``).
+* :data:`FIELD_NAMES` are *never* headers: vitals, labs, demographics and flowsheet keys that appear
+  as ``key: value`` inside a section (``Temp: 37.2``, ``Na: 140``, ``Pager: 1234``, ``Total In:``).
+"""
+from __future__ import annotations
+
+import re
+
+PREAMBLE_CATEGORY = "preamble"  # text before the first header (ECG reports are often all preamble)
+UNKNOWN_CATEGORY = "other"  # a header that looks like a header but is not in the lexicon
+
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "admission_info": (
+        "admission date", "discharge date", "date of admission", "date of discharge",
+        "admit date", "date of birth", "dob", "sex", "service", "attending", "admitting physician",
+        "attending physician", "primary care physician", "pcp", "referring physician",
+        "admission date discharge date", "date of service", "requesting physician",
+        "reason for admission", "admitting diagnosis", "admission diagnosis",
+        "admitting diagnoses", "admission diagnoses", "demographic information",
+        "patient information", "identifying data", "identification",
+    ),
+    "chief_complaint": (
+        "chief complaint", "cc", "chief complaints", "presenting complaint", "reason for visit",
+        "reason for consultation", "reason for consult", "chief complaint purpose of visit",
+        "reason for referral", "complaint", "cc hpi", "chief complaint reason for visit",
+    ),
+    "history_of_present_illness": (
+        "history of present illness", "hpi", "history of the present illness",
+        "present illness", "history of presenting illness", "hpi cc", "hpi/cc", "interval history", "brief history", "history of illness",
+        "subjective history", "cc/hpi", "hx of present illness",
+    ),
+    "past_medical_history": (
+        "past medical history", "pmh", "pmhx", "past history", "medical history",
+        "past medical history/problem list", "past medical and surgical history",
+        "past medical/surgical history", "pmh psh", "pmh/psh", "problem list",
+        "past medical history problem list", "history past medical",
+        "other past medical history", "pmhx/pshx", "medical problems", "past illnesses",
+        "past medical surgical history",
+    ),
+    "past_surgical_history": (
+        "past surgical history", "psh", "pshx", "surgical history", "prior surgeries",
+        "previous surgeries", "past operations", "operative history",
+    ),
+    "medications": (
+        "medications", "meds", "current medications", "outpatient medications",
+        "home medications", "home meds", "medication", "current meds", "medications prior to admission",
+        "medication list", "active medications", "outpatient meds", "current outpatient medications",
+        "other medications", "medications at home", "prior to admission medications",
+        "other icu medications", "icu medications", "infusions", "meds on transfer",
+        "medications on transfer", "last dose of antibiotics", "antibiotics", "sedation",
+    ),
+    "medications_on_admission": (
+        "medications on admission", "admission medications", "meds on admission",
+        "medications at admission", "admission meds", "preadmission medications",
+    ),
+    "discharge_medications": (
+        "discharge medications", "discharge meds", "medications on discharge",
+        "meds on discharge", "discharge medication", "medications at discharge",
+        "new medications", "discharge prescriptions",
+    ),
+    "allergies": (
+        "allergies", "allergy", "allergies/adverse reactions", "allergies adverse reactions",
+        "drug allergies", "medication allergies", "nkda", "allergies and adverse reactions",
+        "allergic reactions", "adverse reactions",
+    ),
+    "family_history": (
+        "family history", "fh", "fhx", "family hx", "family medical history", "family history of",
+    ),
+    "social_history": (
+        "social history", "sh", "shx", "social hx", "social", "habits", "substance use",
+        "social/family history", "social and family history", "psychosocial history",
+        "tobacco", "alcohol", "living situation", "occupation", "lifestyle",
+    ),
+    "review_of_systems": (
+        "review of systems", "ros", "review of system", "systems review",
+        "review of systems ros", "pertinent review of systems",
+    ),
+    "physical_exam": (
+        "physical exam", "physical examination", "pe", "exam", "examination",
+        "physical exam on admission", "admission physical exam", "physical examination on admission",
+        "physical exam on discharge", "discharge physical exam", "exam on admission",
+        "exam on discharge", "physical findings", "general", "general appearance",
+        "constitutional", "objective", "o", "gen",
+    ),
+    "vital_signs": (
+        "vital signs", "vitals", "vs", "vital signs on admission", "admission vitals",
+        "hemodynamic monitoring", "fluid balance", "flowsheet data", "flowsheet data as of",
+        "vital signs and hemodynamics", "respiratory support", "i/o", "i and o", "intake and output",
+        "vitals/hemodynamics",
+    ),
+    "labs_and_studies": (
+        "labs", "admission labs", "discharge labs", "labs on admission", "labs on discharge", "laboratory data", "laboratory", "laboratory results", "lab results",
+        "laboratory studies", "labs / radiology", "labs radiology", "labs and radiology",
+        "lab", "data", "studies", "diagnostic studies", "diagnostic data", "lab data",
+        "laboratory values", "labs/studies", "microbiology", "micro", "other labs",
+        "labs and studies", "diagnostics", "lab/anc", "laboratory and radiology",
+        "ecg", "ekg", "electrocardiogram", "cardiac studies", "results",
+    ),
+    "pertinent_results": ("pertinent results",),
+    "imaging": (
+        "imaging", "radiology", "imaging studies", "radiographs", "radiology results",
+        "imaging results", "cxr", "chest x-ray", "ct", "ct scan", "mri", "ultrasound",
+    ),
+    "hospital_course": (
+        "hospital course", "brief hospital course", "course", "clinical course",
+        "hospital course by problem", "summary of hospital course", "icu course",
+        "course in the ed", "ed course", "emergency department course", "24 hour events",
+        "events overnight", "overnight events", "interval events", "24 hr events",
+        "concise summary of hospital course",
+    ),
+    "assessment": (
+        "assessment", "a", "assessment and impression", "clinical impression", "assessment summary",
+        "patient/family assessment", "psychosocial assessment", "nutrition assessment",
+        "functional assessment", "assessment/impression", "pt assessment", "evaluation",
+        "summary", "formulation", "diagnostic impression",
+    ),
+    "plan": (
+        "plan", "p", "plans", "plan of care", "plan/recommendations", "recommendations",
+        "recommendation", "plan and recommendations", "treatment plan", "goals", "goal",
+        "discharge plan", "discharge planning",
+        "plan/goals", "plan of treatment", "care plan", "follow up plan",
+    ),
+    "assessment_and_plan": (
+        "assessment and plan", "assessment/plan", "a/p", "a&p", "ap", "impression and plan",
+        "impression/plan", "assessment & plan", "a and p", "assessment plan", "assessment and recommendations",
+        "impression and recommendations", "assessment/recommendations", "impression/recommendations",
+        "a/p by problem", "plan by problem",
+    ),
+    "impression": (
+        "impression", "impressions", "conclusion", "conclusions", "final impression", "summary of findings",
+        "interpretation", "opinion", "final diagnosis", "final diagnoses",
+    ),
+    "findings": (
+        "findings", "finding", "report", "description", "left atrium", "right atrium",
+        "right atrium/interatrial septum", "left ventricle", "right ventricle", "aorta",
+        "aortic valve", "mitral valve", "tricuspid valve", "pulmonic valve",
+        "pulmonic valve/pulmonary artery", "pericardium", "general comments", "la", "ra", "lv", "rv",
+        "left atrium/interatrial septum", "interatrial septum", "lv wall motion",
+        "regional left ventricular wall motion", "measurements", "body", "observations",
+        "gross description", "microscopic description", "details",
+    ),
+    "indication": (
+        "indication", "indications", "reason for exam", "reason for examination",
+        "reason for this examination", "reason for study", "reason", "clinical indication",
+        "indication for exam", "indication for study", "indication for procedure",
+        "reason for test", "clinical information", "clinical indications", "indications for procedure",
+        "patient/test information", "patient test information", "test information",
+        "reason for procedure",
+    ),
+    "technique": (
+        "technique", "techniques", "procedure technique", "exam technique", "protocol",
+        "contrast", "method", "methods", "technique and findings",
+    ),
+    "comparison": (
+        "comparison", "comparisons", "prior studies", "comparison studies", "compared to",
+        "comparison exam", "comparison study", "prior exam",
+    ),
+    "history": (
+        "history", "clinical history", "medical condition", "underlying medical condition", "clinical data",
+        "clinical summary", "background", "pertinent history", "history of illness",
+    ),
+    "procedures": (
+        "procedure", "procedures", "major surgical or invasive procedure",
+        "major surgical or invasive procedures", "operations", "operation", "procedure performed",
+        "procedures performed", "operative procedure", "surgical procedure", "procedure in detail",
+        "description of procedure", "operative note", "findings and procedure",
+        "anesthesia", "estimated blood loss", "ebl", "complications", "specimens", "specimen",
+        "drains", "implants", "preoperative diagnosis", "postoperative diagnosis",
+        "pre-operative diagnosis", "post-operative diagnosis", "preoperative diagnoses",
+        "postoperative diagnoses", "surgeon", "assistant", "fluids", "indications for surgery",
+        "invasive procedures", "procedure note",
+    ),
+    "discharge_diagnosis": (
+        "discharge diagnosis", "discharge diagnoses", "diagnosis", "diagnoses",
+        "primary diagnosis", "secondary diagnosis", "secondary diagnoses", "principal diagnosis",
+        "final diagnosis", "discharge dx", "diagnosis at discharge", "dx",
+    ),
+    "discharge_condition": ("discharge condition", "condition on discharge", "condition at discharge",
+                            "condition"),
+    "discharge_disposition": (
+        "discharge disposition", "disposition", "dispo", "discharged to", "facility",
+    ),
+    "discharge_instructions": (
+        "discharge instructions", "instructions", "patient instructions", "discharge instruction",
+        "instructions for patient", "diet", "activity", "discharge activity", "discharge diet",
+    ),
+    "followup_instructions": (
+        "followup instructions", "follow-up instructions", "follow up instructions",
+        "follow up", "follow-up", "followup", "follow up appointments", "follow-up appointments",
+        "appointments", "return to clinic",
+    ),
+    "neuro": ("neuro", "neurological", "neurologic", "neuro/psych", "neurology", "ms", "mental status",
+              "neuro status", "cns", "neuro exam", "neurological exam", "neuro/mental status"),
+    "cardiovascular": ("cv", "cardiovascular", "cardiac", "heart", "cvs", "cardio", "cor",
+                       "chest/cv", "cardiovascular exam", "pulses", "vascular", "ext/vasc"),
+    "respiratory": ("resp", "respiratory", "pulm", "pulmonary", "lungs", "lung", "chest", "resp/pulm",
+                    "respiratory status", "pulmonary/respiratory", "breath sounds", "airway", "vent"),
+    "gastrointestinal": ("gi", "abdomen", "abd", "gastrointestinal", "abdominal", "gi/gu",
+                         "gi/abd", "gi/nutrition", "nutrition/gi", "gi/gu"),
+    "genitourinary": ("gu", "genitourinary", "renal", "renal/gu", "gu/renal", "urinary", "pelvic",
+                      "rectal", "genitalia", "gyn", "ob/gyn"),
+    "skin": ("skin", "integument", "integumentary", "wound", "wounds", "skin/wound", "incision",
+             "skin care", "activity/skin", "skin integrity"),
+    "infectious_disease": ("id", "infectious disease", "infectious diseases", "temp/id",
+                           "infection", "id/temp", "heme/id"),
+    "lines": ("lines", "access", "lines/access", "iv access", "lines/tubes/drains", "tubes", "lda"),
+    "endocrine": ("endo", "endocrine", "endocrine/metabolic", "glycemic"),
+    "hematology": ("heme", "hematology", "heme/onc", "hematologic", "coags"),
+    "musculoskeletal": ("extremities", "ext", "musculoskeletal", "msk", "back", "spine", "joints"),
+    "psychiatric": ("psych", "psychiatric", "mental health", "behavior", "mood", "affect"),
+    "pain": ("pain", "pain control", "pain management", "comfort"),
+    "action": ("action", "actions", "interventions", "intervention"),
+    "response": ("response", "responses", "outcome"),
+    "heent": ("heent", "head", "eyes", "ears", "nose", "throat", "neck", "head and neck",
+              "heent/neck", "eent", "mouth", "oropharynx", "lymph", "lymph nodes", "lymphatic"),
+    "nutrition": ("nutrition", "fen", "fen/gi", "fluids/electrolytes/nutrition", "nutrition/diet", "diet/nutrition", "glycemic control", "feeding",
+                  "nutritional status", "nutrition plan", "anthropometrics", "estimated needs",
+                  "estimated nutritional needs", "diet order", "intake"),
+    "prophylaxis": ("prophylaxis", "dvt", "stress ulcer", "vap", "dvt prophylaxis",
+                    "icu care", "gi prophylaxis"),
+    "code_status": ("code status", "code", "code status/goals of care", "goals of care", "advance directives",
+                    "communication"),
+    "subjective": ("subjective", "s", "patient complaints", "interval history/subjective"),
+    "social_work": ("psychosocial", "social work", "support system", "coping", "family",
+                    "social support", "resources", "psychosocial assessment and plan", "contact",
+                    "patient/family", "family meeting"),
+    "rehab": ("rehab", "pt", "ot", "physical therapy", "occupational therapy", "mobility",
+              "functional status", "transfers", "gait", "balance", "strength", "rom",
+              "range of motion", "adl", "adls", "cognition", "prior level of function",
+              "home environment", "equipment", "therapy", "speech", "swallow",
+              "education", "patient education", "teaching"),
+    "case_management": ("case management", "discharge planning needs", "insurance", "payer",
+                        "utilization review", "barriers to discharge", "anticipated discharge"),
+    "final_report": ("final report", "addendum", "preliminary report", "wet read",
+                     "final addendum", "signed"),
+    "signature": ("electronically signed by", "dictated by", "signed by", "attending addendum",
+                  "attending note", "attending attestation", "resident", "transcribed by",
+                  "cc list", "cc:", "provider"),
+    "demographics": ("name", "patient name"),
+}
+
+#: header variant (normalised) -> canonical category
+HEADER_LEXICON: dict[str, str] = {}
+for _cat, _variants in _SECTIONS.items():
+    for _v in _variants:
+        HEADER_LEXICON.setdefault(_v, _cat)
+del _cat, _variants, _v
+
+#: ``key: value`` names that are never section headers (normalised).
+FIELD_NAMES: frozenset[str] = frozenset(
+    w.strip() for w in """
+temp,temperature,tmax,tmin,tcurrent,hr,heart rate,pulse,bp,blood pressure,sbp,dbp,map,rr,
+respiratory rate,resp rate,o2 sat,o2sat,spo2,sao2,sat,sats,o2 saturation,fio2,peep,psv,ps,vt,
+vt set,vt spontaneous,rr set,rr spontaneous,pip,plateau,compliance,rsbi,abg,ve,minute ventilation,
+mode,ventilator mode,vent mode,o2 delivery device,o2 flow,o2 delivery,cvp,pap,pcwp,co,ci,svr,svo2,icp,
+wt,weight,ht,height,bmi,bsa,bsa m2,weight lb,height in,bp mm hg,hr bpm,cm h2o,total in,
+total out,po,tf,ivf,blood products,urine,ng,stool,balance,in,out,gcs,pain score,rhythm,heart rhythm,
+na,k,cl,co2,hco3,bun,cr,creat,creatinine,glucose,gluc,ca,mg,phos,po4,wbc,hgb,hb,hct,plt,platelets,
+inr,ptt,alt,ast,alk phos,t bili,tbili,albumin,lactate,lactic acid,trop,troponin,ck,ckmb,ck-mb,
+bnp,ldh,amylase,lipase,tsh,ph,pco2,po2,base excess,ferritin,iron,esr,crp,procalcitonin,ammonia,
+fingerstick,fsbg,bs,blood sugar,age,unit no,unit number,mrn,mr#,medical record number,
+admission no,first name,last name,pager,pager#,pager number,phone,telephone,fax,tel,cell,md,rn,np,
+date,time,date/time,status,test,doppler,technical quality,location,room,bed,clip,clip number,
+clip #,job#,job number,job #,completed by,dictated by md,signed electronically by,d,t,
+ekg rate,pr,qrs,qt,qtc,qt/qtc,p qrs t,axes,intervals,rate,
+tv,ie,i:e,etco2,peak,mean,fluid in,fluid out,net,los,length of stay,
+height (in),weight (lb),bp (mm hg),hr (bpm),bsa (m2),
+wbc count,hematocrit,hemoglobin,platelet count,sodium,potassium,chloride,bicarbonate,calcium,
+magnesium,phosphorus,uric acid,specific gravity,protein,ketones,blood,nitrite,leukocytes,
+epi,bacteria,yeast,rbc,urobilinogen,bilirubin,
+""".replace("\n", "").split(",") if w.strip()
+)
+
+# "p" and "o" and "a" and "s" are SOAP headers (S:/O:/A:/P:), not fields; "pt" is patient/PT.
+FIELD_NAMES = FIELD_NAMES - {"p", "o", "a", "s", "pt", "id", "ms", "code", "gen", "general"}
+
+_BRACKET_RE = re.compile(r"\[\*\*.*?\*\*\]")
+_NON_WORD_RE = re.compile(r"[^a-z0-9/#&+'\- ]+")
+_SPACE_RE = re.compile(r"\s+")
+
+
+def normalize_title(title: str) -> str:
+    """Lower-case lexicon key for a header as written (``'[**X**] MEDICAL  CONDITION:'`` ->
+    ``'medical condition'``)."""
+    t = _BRACKET_RE.sub(" ", title).lower().replace("&", " and ")
+    t = _NON_WORD_RE.sub(" ", t)
+    t = t.replace(" / ", "/").replace("/ ", "/").replace(" /", "/")
+    return _SPACE_RE.sub(" ", t).strip(" -/#'")
+
+
+_PAREN_RE = re.compile(r"\([^)]*\)")
+
+
+def lookup_header(title: str) -> str | None:
+    """Canonical category of a header title, or None if it is not in the lexicon."""
+    key = normalize_title(title)
+    cat = HEADER_LEXICON.get(key)
+    if cat is not None:
+        return cat
+    # Variants: without a parenthetical ("Review of Systems (ROS)"), with "and" for "/",
+    # singular/plural.
+    alt = normalize_title(_PAREN_RE.sub(" ", title))
+    if alt != key and alt in HEADER_LEXICON:
+        return HEADER_LEXICON[alt]
+    if "/" in key:
+        for cand in (key.replace("/", " and "), key.replace("/", " ")):
+            if cand in HEADER_LEXICON:
+                return HEADER_LEXICON[cand]
+    if key.endswith("s") and key[:-1] in HEADER_LEXICON:
+        return HEADER_LEXICON[key[:-1]]
+    return None
+
+
+def is_field_name(title: str) -> bool:
+    """True when ``title`` is a known ``key: value`` field name (never a header)."""
+    key = normalize_title(title)
+    if key in FIELD_NAMES:
+        return True
+    alt = normalize_title(_PAREN_RE.sub(" ", title))
+    return alt in FIELD_NAMES and alt not in HEADER_LEXICON
+
+
+# --------------------------------------------------------------------------- abbreviations
+# Lower-cased, without the final period. Two classes:
+#  * NO_BREAK_ABBREVIATIONS precede something (a name, a number): a following period never ends
+#    a sentence ("Dr. [**Name**]", "approx. 3 L", "e.g. heparin", "No. 5").
+#  * ABBREVIATIONS can end a sentence ("... at 7 a.m. The patient ...", "... etc. He ..."): after
+#    them we split only before a capitalised word (or an inline list item), never before a
+#    lowercase word or a number.
+NO_BREAK_ABBREVIATIONS: frozenset[str] = frozenset("""
+mr mrs ms dr drs prof rev hon sr messrs mme mlle st mt ft pt pts approx appox aprox apprx e.g eg
+i.e ie viz cf vs v fig figs no nos ref refs vol vols pp ca c.f pg op cit ibid e.g., i.e., esp incl
+dept univ assoc inst gen col capt lt sgt maj cmdr adm gov sen rep pres supt est appt approx.
+re attn apt bldg tel ext dx'd abt w/o c/o a/w
+""".split())
+
+ABBREVIATIONS: frozenset[str] = frozenset("""
+a.m am p.m pm noon etc et al al jr sr ph.d phd m.d md d.o do r.n rn n.p np p.a pa b.s bs m.s ms
+b.a ba d.d.s dds inc ltd co corp llc jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues
+wed thu thur thurs fri sat sun
+yr yrs y.o yo wk wks mo mos hr hrs h min mins sec secs d.
+mg mcg g gm gms kg lb lbs lbs oz ml cc l dl meq mmol mmhg mm cm m in ft u iu cal kcal
+b.i.d bid t.i.d tid q.i.d qid q.d qd q.o.d qod q.h qh q.h.s qhs h.s hs q.a.m qam q.p.m qpm
+p.o po p.r pr p.r.n prn i.v iv i.m im s.c sc s.q sq subq sub-q s.l sl o.d od o.s os o.u ou
+a.c ac p.c pc stat q4h q6h q8h q12h q24h q4-6h q2h q3h q1h qhr qwk qmo qam q.week qweek
+gtt gtts tab tabs cap caps inj soln susp supp syr elix ung oint liq disp sig rx tx hx sx dx fx
+cont contd cont'd approx approximately temp resp neg pos abd ext bilat lat med max min avg
+sl slt mod sev occ freq incr decr dec inc diff ant post sup inf lt rt l r bil pt pts ht wt
+req reqd eval evals sched imp dept info adm admin prev hosp hosp. dept lab labs meds med
+rxn fam hist pmd pmh sob doe nl wnl wnr ntd mult diag pos. uncompl
+a.s.a asa n.p.o npo d/c dc'd d.c w.n.l n.a na n/a
+vit dil conc tbsp tsp amt amts bx cx ux rx
+""".split())
+
+#: words before a single capital letter that make "X." a label, not an initial (vitamin D.)
+LETTER_LABEL_WORDS: frozenset[str] = frozenset(
+    "vitamin vit hepatitis hep type group grade class stage lead leads zone factor protein "
+    "plan option appendix part level phase section step schedule category antigen strep "
+    "complex segment wave".split()
+)
+
+#: words that cannot end a sentence: a line ending with one continues on the next line
+CONTINUATION_WORDS: frozenset[str] = frozenset(
+    "a an the of to in on at by for from with without and or but nor as than that which who "
+    "whose whom is are was were be been being has have had will would shall should can could "
+    "may might must into onto upon over under after before during between about against "
+    "per via w/ s/p h/o c/o r/o secondary due including includes include not no his her "
+    "their its our your my this these those some any each every both either neither such "
+    "then also very more less most least showed shows revealed reveals demonstrated "
+    "consistent likely possibly probable possible".split()
+)

@@ -1,0 +1,1 @@
+"""Thin Spark glue: sessions, schemas and the functions run inside ``mapInPandas``."""

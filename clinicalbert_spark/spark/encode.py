@@ -1,0 +1,263 @@
+"""Sentences -> embeddings / predictions inside ``mapInPandas``, one model per Python worker.
+
+The model is loaded once per executor Python worker (``get_cached``; Spark reuses workers
+with ``spark.python.worker.reuse``) on the GPU Spark assigned to the task when GPU scheduling
+is on (``TaskContext.resources()["gpu"]``), else CUDA if visible, else CPU. Rows of a
+partition are gathered into chunks of ``CHUNK_ROWS`` so the encoder can sort them by length
+across many Arrow batches before forming token-budget batches.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from ..config import EncodeConfig, PredictConfig
+from ..models import model_identity, resolve_model_path
+from . import schemas
+
+CHUNK_ROWS = int(os.environ.get("CBS_ENCODE_CHUNK_ROWS", "16384"))
+
+EMBED_UDF_OUTPUT = T.StructType(
+    [T.StructField(f.name, f.dataType, True) for f in schemas.EMBEDDINGS.fields]
+    + [T.StructField("status", T.StringType())]
+)
+
+PREDICTIONS = T.StructType([
+    T.StructField("note_id", T.StringType()), T.StructField("sentence_index", T.IntegerType()),
+    T.StructField("start", T.IntegerType()), T.StructField("end", T.IntegerType()),
+    T.StructField("section_category", T.StringType()), T.StructField("model", T.StringType()),
+    T.StructField("model_revision", T.StringType()), T.StructField("task", T.StringType()),
+    T.StructField("label", T.StringType()), T.StructField("score", T.FloatType()),
+    # Per-class probabilities (sequence classification): {"label": p, ...}
+    T.StructField("probabilities", T.MapType(T.StringType(), T.FloatType())),
+    # Token classification: entity spans as offsets into the NOTE; fill-mask: [MASK] spans.
+    T.StructField("spans", T.ArrayType(T.StructType([
+        T.StructField("start", T.IntegerType()), T.StructField("end", T.IntegerType()),
+        T.StructField("label", T.StringType()), T.StructField("score", T.FloatType()),
+        # fill-mask: top-k candidate tokens for this [MASK] as [{"token":..,"score":..}]
+        T.StructField("candidates", T.ArrayType(T.StructType([
+            T.StructField("token", T.StringType()), T.StructField("score", T.FloatType())]))),
+    ]))),
+    T.StructField("status", T.StringType()),
+    T.StructField("note_hash", T.StringType()),
+])
+
+
+@dataclass
+class EncodeAccumulators:
+    padded_tokens: object
+    real_tokens: object
+    oom_retries: object
+    batches: object
+
+
+def _encoder_config(cfg: EncodeConfig):
+    from ..encode import EncoderConfig
+
+    return EncoderConfig(
+        pooling=cfg.pooling, normalize=cfg.normalize, max_length=cfg.max_length,
+        stride=cfg.stride, long_policy=cfg.long_policy, max_tokens=cfg.max_tokens,
+        precision=cfg.precision, embedding_dtype=cfg.embedding_dtype, compile=cfg.compile,
+    )
+
+
+def _task_device(prefer: str):
+    from ..encode import resolve_device
+
+    return resolve_device(prefer)
+
+
+def get_encoder(cfg: EncodeConfig):
+    """The worker's cached SentenceEncoder for this config and device (loaded at most once)."""
+    from ..encode import SentenceEncoder, get_cached, load_model
+
+    device = _task_device(cfg.device)
+    key = ("encoder", cfg.model_dump_json(), str(device))
+
+    def factory():
+        _limit_threads()
+        loaded = load_model(resolve_model_path(cfg.model), cfg.revision, task="embed",
+                            allow_pickle=cfg.allow_pickle)
+        return SentenceEncoder(loaded, _encoder_config(cfg), device=device)
+
+    return get_cached(key, factory)
+
+
+def get_predictor(pcfg: PredictConfig, ecfg: EncodeConfig):
+    from ..encode import Predictor, get_cached, load_model
+
+    device = _task_device(ecfg.device)
+    model = pcfg.model or ecfg.model
+    revision = pcfg.revision if pcfg.model else (pcfg.revision or ecfg.revision)
+    key = ("predictor", pcfg.model_dump_json(), ecfg.model_dump_json(), str(device))
+
+    def factory():
+        _limit_threads()
+        task = None if pcfg.task == "auto" else pcfg.task
+        kwargs = {"task": task} if task else {}
+        loaded = load_model(resolve_model_path(model), revision, allow_pickle=ecfg.allow_pickle,
+                            **_auto_task(model, kwargs))
+        return Predictor(loaded, _encoder_config(ecfg), top_k=pcfg.top_k, device=device)
+
+    return get_cached(key, factory)
+
+
+def _auto_task(model: str, kwargs: dict) -> dict:
+    if "task" in kwargs:
+        return kwargs
+    from ..encode import detect_task
+
+    return {"task": detect_task(resolve_model_path(model))}
+
+
+def _limit_threads() -> None:
+    # Several Python workers share an executor's cores: torch must not oversubscribe them.
+    import torch
+
+    cores = os.environ.get("CBS_TORCH_THREADS")
+    if cores:
+        torch.set_num_threads(int(cores))
+        return
+    try:
+        from pyspark import TaskContext
+
+        tc = TaskContext.get()
+        cpus = int(tc.cpus()) if tc is not None else 0
+    except Exception:  # noqa: BLE001 - outside Spark
+        cpus = 0
+    if cpus > 0:
+        torch.set_num_threads(max(1, cpus))
+
+
+def _chunks(batches: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
+    buf, n = [], 0
+    for pdf in batches:
+        buf.append(pdf)
+        n += len(pdf)
+        if n >= rows:
+            yield pd.concat(buf, ignore_index=True)
+            buf, n = [], 0
+    if buf:
+        yield pd.concat(buf, ignore_index=True)
+
+
+def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: str,
+                  revision: str | None, acc: EncodeAccumulators | None = None
+                  ) -> Iterator[pd.DataFrame]:
+    enc = get_encoder(cfg)
+    for pdf in _chunks(batches, CHUNK_ROWS):
+        res = enc.encode(pdf["text"].tolist())
+        ok = np.asarray([s == "ok" for s in res.status])
+        emb = res.embeddings.astype(np.float32, copy=False)
+        out = pd.DataFrame({
+            "note_id": pdf["note_id"], "sentence_index": pdf["sentence_index"],
+            "start": pdf["start"], "end": pdf["end"],
+            "section_category": pdf["section_category"], "model": model_id,
+            "model_revision": revision, "pooling": cfg.pooling, "dim": int(enc.dim),
+            "n_tokens": res.n_tokens.astype(np.int32),
+            "n_windows": res.n_windows.astype(np.int32),
+            "truncated": res.truncated.astype(bool),
+            # Rows with no usable text get a null vector, never a fake zero one.
+            "embedding": [emb[i] if ok[i] else None for i in range(len(pdf))],
+            "note_hash": pdf["note_hash"], "status": res.status,
+        })
+        if acc is not None:
+            acc.padded_tokens.add(int(res.stats.padded_tokens))
+            acc.real_tokens.add(int(res.stats.real_tokens))
+            acc.oom_retries.add(int(res.stats.oom_retries))
+            acc.batches.add(int(res.stats.batches))
+        yield out
+
+
+def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | None = None
+                    ) -> tuple[DataFrame, EncodeAccumulators]:
+    """Embeddings of every sentence row (``note_id, sentence_index, start, end, text, ...``).
+
+    Returns the DataFrame (``schemas.EMBEDDINGS`` plus ``status``) and accumulators that hold
+    padded/real token and OOM-retry counts once an action has run.
+    """
+    sc = sentences.sparkSession.sparkContext
+    acc = EncodeAccumulators(sc.accumulator(0), sc.accumulator(0), sc.accumulator(0),
+                             sc.accumulator(0))
+    model_id, revision = model_identity(cfg.model, cfg.revision)
+    cols = ["note_id", "sentence_index", "start", "end", "section_category", "text", "note_hash"]
+    df = sentences.select(*cols)
+    if partitions:
+        df = df.repartition(partitions)
+
+    def fn(it):
+        return embed_batches(it, cfg, model_id, revision, acc)
+
+    return df.mapInPandas(fn, EMBED_UDF_OUTPUT), acc
+
+
+# --------------------------------------------------------------------------------------------
+# Predictions
+
+
+def predict_batches(batches: Iterator[pd.DataFrame], pcfg: PredictConfig, ecfg: EncodeConfig,
+                    model_id: str, revision: str | None) -> Iterator[pd.DataFrame]:
+    pred = get_predictor(pcfg, ecfg)
+    task = pred.loaded.task if hasattr(pred, "loaded") else pcfg.task
+    cols = PREDICTIONS.fieldNames()
+    for pdf in _chunks(batches, CHUNK_ROWS):
+        results = pred.predict(pdf["text"].tolist())
+        rows = []
+        for (_, r), res in zip(pdf.iterrows(), results):
+            rows.append(_prediction_row(r, res, task, model_id, revision))
+        yield pd.DataFrame(rows, columns=cols)
+
+
+def _prediction_row(r, res, task, model_id, revision) -> dict:
+    base = {
+        "note_id": r["note_id"], "sentence_index": r["sentence_index"], "start": r["start"],
+        "end": r["end"], "section_category": r["section_category"], "model": model_id,
+        "model_revision": revision, "task": task, "label": None, "score": None,
+        "probabilities": None, "spans": None, "note_hash": r["note_hash"],
+        "status": getattr(res, "status", "ok") if res is not None else "empty_text",
+    }
+    if res is None or base["status"] != "ok":
+        return base
+    off = int(r["start"])  # predictions carry offsets relative to the sentence
+    if task == "sequence-classification":
+        base["label"], base["score"] = res.label, float(res.score)
+        base["probabilities"] = {k: float(v) for k, v in res.probabilities.items()}
+    elif task == "token-classification":
+        base["spans"] = [{"start": off + e.start, "end": off + e.end, "label": e.label,
+                          "score": float(e.score), "candidates": None} for e in res.entities]
+    elif task == "fill-mask":
+        base["spans"] = [{
+            "start": off + m.start, "end": off + m.end, "label": m.candidates[0].token
+            if m.candidates else None, "score": float(m.candidates[0].score)
+            if m.candidates else None,
+            "candidates": [{"token": c.token, "score": float(c.score)} for c in m.candidates],
+        } for m in res.masks]
+    return base
+
+
+def predict_sentences(sentences: DataFrame, pcfg: PredictConfig, ecfg: EncodeConfig,
+                      partitions: int | None = None) -> DataFrame:
+    model = pcfg.model or ecfg.model
+    model_id, revision = model_identity(model, pcfg.revision if pcfg.model else ecfg.revision)
+    cols = ["note_id", "sentence_index", "start", "end", "section_category", "text", "note_hash"]
+    df = sentences.select(*cols)
+    if partitions:
+        df = df.repartition(partitions)
+
+    def fn(it):
+        return predict_batches(it, pcfg, ecfg, model_id, revision)
+
+    return df.mapInPandas(fn, PREDICTIONS)
+
+
+def summary_json(acc: EncodeAccumulators) -> str:
+    return json.dumps({"padded_tokens": acc.padded_tokens.value,
+                       "real_tokens": acc.real_tokens.value,
+                       "oom_retries": acc.oom_retries.value, "batches": acc.batches.value})

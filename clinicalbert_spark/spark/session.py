@@ -1,0 +1,56 @@
+"""Building the SparkSession every job uses."""
+from __future__ import annotations
+
+import logging
+import os
+
+from pyspark import SparkConf
+from pyspark.sql import SparkSession
+
+from ..config import SparkConfig
+
+log = logging.getLogger(__name__)
+
+# Settings every job needs, whatever the cluster; conf/spark-*.conf tune the rest.
+BASE_CONF = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # Readers of the tables (DuckDB, Trino, delta-rs) want plain microsecond timestamps.
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.session.timeZone": "UTC",
+    # A re-run replaces only its own run_id partition of a Parquet table.
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    # The model is cached per Python worker: reuse workers across tasks.
+    "spark.python.worker.reuse": "true",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+def get_spark(cfg: SparkConfig) -> SparkSession:
+    """Return the active SparkSession or build one from ``cfg``.
+
+    Under spark-submit the master comes from spark-submit; run as plain ``python`` with no
+    ``spark.master`` given, the job runs in local mode on every core.
+    """
+    builder = SparkSession.builder.appName(cfg.app_name)
+    submitted = SparkConf().get("spark.master", None)
+    if cfg.master:
+        builder = builder.master(cfg.master)
+    elif not submitted:
+        builder = builder.master("local[*]")
+    conf = dict(BASE_CONF)
+    conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(cfg.arrow_batch_size)
+    conf.update(cfg.conf)
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("CBS_SPARK_LOG_LEVEL", "WARN"))
+    for k, v in cfg.conf.items():  # a session that already existed still takes SQL confs
+        try:
+            spark.conf.set(k, v)
+        except Exception:  # noqa: BLE001 - static confs of a running session cannot change
+            pass
+    ui = spark.sparkContext.uiWebUrl
+    log.info("Spark %s, master %s, app %s%s", spark.version, spark.sparkContext.master,
+             spark.sparkContext.applicationId, f", UI {ui}" if ui else "")
+    return spark

@@ -1,0 +1,19 @@
+"""spark-submit jobs/segment_notes.py --input NOTES --output SENTENCES [--no-text] ...
+
+Notes (MIMIC-III NOTEEVENTS CSV, Parquet, Delta or a catalog table) -> a sentences table with
+sections and exact character offsets; rejected records go to SENTENCES_rejects.
+"""
+import sys
+
+from clinicalbert_spark.cli import run_job
+from clinicalbert_spark.jobs_impl import segment_job
+
+ALIASES = {"--output": "output.path", "--backend": "segment.backend"}
+
+
+def main(argv=None) -> int:
+    return run_job(segment_job, argv, ALIASES, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
