@@ -262,7 +262,7 @@ def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
         .when(note_id.isNull() | (note_id == ""), F.lit("missing_id"))
         .when(F.trim(iserror) == "1", F.lit("iserror"))
         .when(text.isNull(), F.lit("null_text"))
-        .when(F.trim(text) == "", F.lit("empty_text"))
+        .when(text.rlike(r"(?U)^\s*$"), F.lit("empty_text"))  # any Unicode whitespace
         .when(F.length(text) > cfg.max_note_chars, F.lit("too_large"))
     )
     if fmt == "csv":  # the CSV decoder turns undecodable bytes into U+FFFD

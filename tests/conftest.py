@@ -1,0 +1,62 @@
+"""Shared fixtures: one real local SparkSession for the whole run, tiny models built on disk."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
+DEMO_CSV = ROOT / "demo" / "NOTEEVENTS_demo.csv"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("CBS_TORCH_THREADS", "1")
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from clinicalbert_spark.config import SparkConfig
+    from clinicalbert_spark.spark.session import get_spark
+
+    cfg = SparkConfig(master="local[2]", app_name="cbs-tests", arrow_batch_size=64, conf={
+        "spark.sql.shuffle.partitions": "4",
+        "spark.ui.enabled": "false",
+        "spark.default.parallelism": "2",
+        "spark.driver.memory": "2g",
+    })
+    s = get_spark(cfg)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A tiny BERT encoder checkpoint (safetensors + WordPiece tokenizer) built locally."""
+    from clinicalbert_spark.testing import build_tiny_bert
+
+    return str(build_tiny_bert(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def demo_csv() -> Path:
+    assert DEMO_CSV.is_file(), "demo corpus missing: run demo/make_demo_corpus.py"
+    return DEMO_CSV
+
+
+def read_csv_notes(path) -> dict[str, str]:
+    """ROW_ID -> TEXT of a NOTEEVENTS CSV, read independently of Spark (first record wins)."""
+    import csv
+
+    out: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        for rec in csv.DictReader(f):
+            if rec.get("ROW_ID") and rec["ROW_ID"] not in out:
+                out[rec["ROW_ID"].strip()] = rec.get("TEXT") or ""
+    return out

@@ -1,0 +1,211 @@
+"""SentenceEncoder behaviour on a tiny checkpoint, checked against plain torch."""
+import numpy as np
+import pytest
+import torch
+
+from clinicalbert_spark.encode import (
+    EncoderConfig,
+    SentenceEncoder,
+    clear_cache,
+    get_cached,
+    load_count,
+    load_model,
+    window_starts,
+)
+from clinicalbert_spark.testing import CLINICAL_WORDS, build_tiny_bert
+
+SENTENCES = [
+    "Patient denies chest pain.",
+    "No fever, cough or shortness of breath.",
+    "Started metformin 500 mg twice daily for type 2 diabetes mellitus.",
+    "Abdomen soft, nontender.",
+    "CT scan showed no evidence of pneumonia.",
+    "BP 120/80.",
+    "He was admitted to the ICU with sepsis and acute renal failure, and started on heparin.",
+    "x",
+    "The patient's congestive heart failure improved; lisinopril continued.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    return load_model(build_tiny_bert(tmp_path_factory.mktemp("enc") / "tiny", seed=3))
+
+
+def _reference(loaded, text, pooling, max_length=None):
+    """Pooled vector of one text, computed directly from ``model(**tok)`` with no padding."""
+    tok = loaded.tokenizer(text, return_tensors="pt", truncation=max_length is not None, max_length=max_length)
+    with torch.inference_mode():
+        h = loaded.model(**tok).last_hidden_state[0]
+    return (h[0] if pooling == "cls" else h.mean(0)).numpy()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_batched_matches_one_at_a_time(loaded, pooling):
+    # Small budget -> several batches of mixed lengths; shuffled input order.
+    enc = SentenceEncoder(loaded, EncoderConfig(pooling=pooling, max_tokens=64), device="cpu")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(SENTENCES))
+    texts = [SENTENCES[i] for i in order]
+    res = enc.encode(texts)
+    assert res.stats.batches > 2
+    assert res.status == ["ok"] * len(texts)
+    for row, text in enumerate(texts):
+        np.testing.assert_allclose(res.embeddings[row], _reference(loaded, text, pooling), atol=1e-5, rtol=1e-4)
+        n = len(loaded.tokenizer(text)["input_ids"])
+        assert res.n_tokens[row] == n and res.n_windows[row] == 1 and not res.truncated[row]
+
+
+def test_padding_is_multiple_of_eight_and_stats(loaded):
+    seen = []
+    enc = SentenceEncoder(loaded, EncoderConfig(max_tokens=128), device="cpu")
+    inner = enc._forward
+
+    def spy(input_ids, attention_mask):
+        seen.append(tuple(input_ids.shape))
+        return inner(input_ids, attention_mask)
+
+    enc._forward = spy
+    res = enc.encode(SENTENCES * 3)
+    assert all(L % 8 == 0 and B * L <= 128 for B, L in seen)
+    st = res.stats
+    assert st.batches == len(seen) and st.padded_tokens == sum(B * L for B, L in seen)
+    assert st.real_tokens == int(res.n_tokens.sum())
+    assert 0 < st.padding_efficiency <= 1 and st.seconds > 0
+    assert st.as_dict()["padding_efficiency"] == st.padding_efficiency
+    assert (st + st).batches == 2 * st.batches
+
+
+def test_result_independent_of_budget(loaded):
+    a = SentenceEncoder(loaded, EncoderConfig(max_tokens=32), device="cpu").encode(SENTENCES)
+    b = SentenceEncoder(loaded, EncoderConfig(max_tokens=100_000), device="cpu").encode(SENTENCES)
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
+
+
+def _long_text(n_words=80):
+    words = [w for w in CLINICAL_WORDS if w.isalpha()]
+    return " ".join(words[i % len(words)] for i in range(n_words))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_long_text_windows_are_averaged(loaded, pooling):
+    text = _long_text()
+    cfg = EncoderConfig(pooling=pooling, max_length=16, stride=4)
+    res = SentenceEncoder(loaded, cfg, device="cpu").encode([text, "chest pain"])
+    content = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    starts = window_starts(len(content), 14, 4)
+    assert len(starts) > 2
+    assert res.n_windows.tolist() == [len(starts), 1]
+    assert res.n_tokens[0] == sum(len(content[s : s + 14]) + 2 for s in starts)
+    assert not res.truncated.any()
+    ref = []
+    for s in starts:
+        ids = torch.tensor([[loaded.tokenizer.cls_token_id, *content[s : s + 14], loaded.tokenizer.sep_token_id]])
+        with torch.inference_mode():
+            h = loaded.model(input_ids=ids).last_hidden_state[0]
+        ref.append((h[0] if pooling == "cls" else h.mean(0)).numpy())
+    np.testing.assert_allclose(res.embeddings[0], np.mean(ref, axis=0), atol=1e-5, rtol=1e-4)
+
+
+def test_truncate_policy_flags_rows(loaded):
+    text = _long_text()
+    cfg = EncoderConfig(max_length=16, long_policy="truncate")
+    res = SentenceEncoder(loaded, cfg, device="cpu").encode([text, "chest pain"])
+    assert res.truncated.tolist() == [True, False]
+    assert res.n_windows.tolist() == [1, 1] and res.n_tokens[0] == 16
+    np.testing.assert_allclose(res.embeddings[0], _reference(loaded, text, "mean", max_length=16), atol=1e-5, rtol=1e-4)
+
+
+def test_normalize_and_float16(loaded):
+    res = SentenceEncoder(loaded, EncoderConfig(normalize=True, embedding_dtype="float16"), device="cpu").encode(
+        SENTENCES + [""]
+    )
+    assert res.embeddings.dtype == np.float16
+    norms = np.linalg.norm(res.embeddings.astype(np.float32), axis=1)
+    np.testing.assert_allclose(norms[:-1], 1.0, atol=2e-3)
+    assert norms[-1] == 0.0
+    plain = SentenceEncoder(loaded, EncoderConfig(), device="cpu").encode(SENTENCES)
+    expect = plain.embeddings / np.linalg.norm(plain.embeddings, axis=1, keepdims=True)
+    np.testing.assert_allclose(res.embeddings[:-1].astype(np.float32), expect, atol=2e-3)
+
+
+def test_bad_rows_do_not_break_the_partition(loaded):
+    texts = ["chest pain", None, "", "   \n\t", float("nan"), 42, "\u200b", "no fever"]
+    res = SentenceEncoder(loaded, EncoderConfig(), device="cpu").encode(texts)
+    assert res.status == ["ok", "empty_text", "empty_text", "empty_text", "empty_text", "invalid_type", "no_tokens", "ok"]
+    assert res.ok.tolist() == [s == "ok" for s in res.status]
+    bad = ~res.ok
+    assert np.all(res.embeddings[bad] == 0) and np.isfinite(res.embeddings).all()
+    assert np.all(res.n_tokens[bad] == 0) and np.all(res.n_windows[bad] == 0)
+    np.testing.assert_allclose(res.embeddings[0], _reference(loaded, "chest pain", "mean"), atol=1e-5)
+    empty = SentenceEncoder(loaded, EncoderConfig(), device="cpu").encode([None, ""])
+    assert empty.embeddings.shape == (2, loaded.config.hidden_size) and empty.stats.batches == 0
+    assert SentenceEncoder(loaded, EncoderConfig(), device="cpu").encode([]).embeddings.shape == (0, 32)
+
+
+def test_oom_retry_halves_budget_and_keeps_results(loaded):
+    base = SentenceEncoder(loaded, EncoderConfig(max_tokens=1024), device="cpu").encode(SENTENCES)
+    enc = SentenceEncoder(loaded, EncoderConfig(max_tokens=1024), device="cpu")
+    real_forward = enc._forward
+    shapes = []
+
+    def flaky(input_ids, attention_mask):
+        shapes.append(tuple(input_ids.shape))
+        if input_ids.shape[0] > 2:  # "GPU" fits at most 2 rows
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_forward(input_ids, attention_mask)
+
+    enc._forward = flaky
+    res = enc.encode(SENTENCES)
+    assert res.stats.oom_retries >= 2
+    assert enc.max_tokens < 1024  # budget stays lowered for later calls
+    # every failed attempt was retried smaller; every batch that ran fit the "GPU"
+    assert sum(b > 2 for b, _ in shapes) == res.stats.oom_retries
+    assert sum(b <= 2 for b, _ in shapes) == res.stats.batches
+    np.testing.assert_allclose(res.embeddings, base.embeddings, atol=1e-5)
+    assert res.status == base.status
+
+    def always_oom(input_ids, attention_mask):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    enc._forward = always_oom
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # one row cannot be split further
+        enc.encode(SENTENCES[:3])
+
+
+def test_invalid_configs():
+    with pytest.raises(ValueError):
+        EncoderConfig(max_length=1024)
+    with pytest.raises(ValueError):
+        EncoderConfig(pooling="max")
+    with pytest.raises(ValueError):
+        EncoderConfig(max_length=16, stride=14)
+    with pytest.raises(ValueError):
+        EncoderConfig(long_policy="drop")
+    assert EncoderConfig().effective_stride == 32
+    assert hash(EncoderConfig()) == hash(EncoderConfig())  # usable in cache keys
+
+
+def test_bf16_autocast_on_cpu_is_close(loaded):
+    fp32 = SentenceEncoder(loaded, EncoderConfig(normalize=True), device="cpu").encode(SENTENCES)
+    bf16 = SentenceEncoder(loaded, EncoderConfig(normalize=True, precision="bf16"), device="cpu").encode(SENTENCES)
+    assert bf16.embeddings.dtype == np.float32
+    cos = (fp32.embeddings * bf16.embeddings).sum(1)
+    assert cos.min() > 0.99
+
+
+def test_encoder_cached_once_per_process(tmp_path):
+    path = build_tiny_bert(tmp_path / "cached")
+    clear_cache()
+    cfg = EncoderConfig()
+    key = ("encoder", str(path), None, cfg)
+    made = [get_cached(key, lambda: SentenceEncoder(load_model(path), cfg, device="cpu")) for _ in range(3)]
+    assert made[0] is made[1] is made[2]
+    assert load_count(key) == 1
+    assert made[2].encode(["chest pain"]).status == ["ok"]
+    clear_cache()

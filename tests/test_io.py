@@ -1,0 +1,119 @@
+"""Readers, rejects and table writers on a real local SparkSession and real files."""
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+
+from bad_corpus import write_bad_corpus
+from clinicalbert_spark import io
+from clinicalbert_spark.config import InputConfig
+
+
+@pytest.fixture(scope="module")
+def bad_csv(tmp_path_factory):
+    p = tmp_path_factory.mktemp("bad") / "NOTEEVENTS_bad.csv"
+    expected = write_bad_corpus(p, big_note_mb=0.2)
+    return p, expected
+
+
+def test_read_notes_accounts_for_every_record(spark, bad_csv):
+    path, expected = bad_csv
+    notes = io.read_notes(spark, InputConfig(path=str(path)))
+    ok = sorted(r.note_id for r in notes.notes.collect())
+    rej = notes.rejects.collect()
+    want_ok = sorted(nid for nid, o in expected["records"] if o == "ok")
+    assert ok == want_ok
+    got = sorted((r.note_id or "", r.reason) for r in rej)
+    want = sorted((nid or "", o) for nid, o in expected["records"] if o != "ok")
+    assert got == want
+    assert notes.notes.count() + len(rej) == len(expected["records"])
+
+
+def test_rejects_hold_no_note_text(spark, bad_csv):
+    path, _ = bad_csv
+    notes = io.read_notes(spark, InputConfig(path=str(path)))
+    assert notes.rejects.columns == ["note_id", "reason", "source_row", "detail"]
+    for r in notes.rejects.collect():
+        assert r.detail is None or "patient" not in r.detail.lower()
+        assert r.reason in io.REJECT_REASONS
+
+
+def test_duplicate_keeps_first_record(spark, bad_csv):
+    path, _ = bad_csv
+    notes = io.read_notes(spark, InputConfig(path=str(path)))
+    text = notes.notes.where(F.col("note_id") == "6").first().text
+    assert text.startswith("Chief Complaint:\nAbd pain")
+    dup = notes.rejects.where(F.col("reason") == "duplicate_id").first()
+    assert dup.detail.startswith("kept source_row ")
+
+
+def test_multiline_quoted_text_is_exact(spark, bad_csv):
+    from bad_corpus import GOOD
+
+    path, _ = bad_csv
+    notes = io.read_notes(spark, InputConfig(path=str(path)))
+    assert notes.notes.where(F.col("note_id") == "1").first().text == GOOD
+
+
+def test_custom_columns_and_parquet_input(spark, tmp_path):
+    df = spark.createDataFrame([("a1", "Pain. Better now."), ("a2", None)], "doc STRING, body STRING")
+    df.write.parquet(str(tmp_path / "n.parquet"))
+    cfg = InputConfig(path=str(tmp_path / "n.parquet"), id_column="doc", text_column="body",
+                      subject_column=None, hadm_column=None, category_column=None,
+                      iserror_column=None)
+    notes = io.read_notes(spark, cfg)
+    assert [r.note_id for r in notes.notes.collect()] == ["a1"]
+    assert [(r.note_id, r.reason) for r in notes.rejects.collect()] == [("a2", "null_text")]
+
+
+def test_missing_columns_is_a_clear_error(spark, tmp_path):
+    spark.createDataFrame([("x",)], "a STRING").write.parquet(str(tmp_path / "p"))
+    with pytest.raises(io.InputError, match="input lacks column"):
+        io.read_notes(spark, InputConfig(path=str(tmp_path / "p")))
+
+
+def test_missing_input_is_a_clear_error(spark, tmp_path):
+    with pytest.raises(io.InputError, match="not found"):
+        io.read_notes(spark, InputConfig(path=str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+def test_partition_replace_is_idempotent(spark, tmp_path, fmt):
+    path = str(tmp_path / "t")
+    mk = lambda rows: spark.createDataFrame(rows, "k STRING, v ARRAY<FLOAT>, run_id STRING")
+    io.write_table(mk([("a", [1.0], "r1"), ("b", [2.0], "r1")]), path, fmt, partition_by="run_id",
+                   replace_partitions=["r1"])
+    io.write_table(mk([("c", [3.0], "r2")]), path, fmt, partition_by="run_id",
+                   replace_partitions=["r2"])
+    # Re-running r1 with different rows replaces r1 only.
+    io.write_table(mk([("a2", [1.5], "r1")]), path, fmt, partition_by="run_id",
+                   replace_partitions=["r1"])
+    io.write_table(mk([("a2", [1.5], "r1")]), path, fmt, partition_by="run_id",
+                   replace_partitions=["r1"])
+    back = io.read_table(spark, path, fmt)
+    rows = sorted((r.k, r.run_id, list(r.v)) for r in back.collect())
+    assert rows == [("a2", "r1", [1.5]), ("c", "r2", [3.0])]
+    if fmt == "delta":
+        dt = DeltaTable(path)
+        assert dt.metadata().partition_columns == ["run_id"]
+        assert sorted(dt.to_pyarrow_table().column("k").to_pylist()) == ["a2", "c"]
+
+
+def test_delta_overwrite_and_schema(spark, tmp_path):
+    path = str(tmp_path / "d")
+    df = spark.createDataFrame([("n1", 0, 5)], "note_id STRING, start INT, `end` INT")
+    io.write_table(df, path, "delta")
+    io.write_table(df.union(df), path, "delta", mode="overwrite")
+    t = DeltaTable(path).to_pyarrow_table()
+    assert t.num_rows == 2 and t.schema.names == ["note_id", "start", "end"]
+    assert io.infer_format(path) == "delta"
+    assert io.read_table(spark, path).count() == 2
+
+
+def test_parquet_files_are_readable_by_pyarrow(spark, tmp_path):
+    path = str(tmp_path / "p")
+    spark.createDataFrame([("n", [0.5, 0.25])], "note_id STRING, e ARRAY<FLOAT>").write.parquet(path)
+    t = pq.read_table(path)
+    assert t.column("e").to_pylist() == [[0.5, 0.25]]
