@@ -208,7 +208,8 @@ class Pipeline:
         self.stats.add(sentences=n_sent, notes_segmented=n_seg - n_err,
                        notes_unchanged=self.stats.counts["notes"] - n_seg)
         self._segment_rejects = seg_rejects
-        self.stats.add(rejects=n_err)
+        # A note the segmenter failed on is a reject, no longer a usable note.
+        self.stats.add(rejects=n_err, notes=-n_err)
         if existing is not None:
             for table in ("sentences", "embeddings", "predictions"):
                 if table == "sentences" or io.table_exists(self.spark, self.path(table), self.fmt):

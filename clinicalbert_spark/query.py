@@ -407,8 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QueryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # duckdb.Error and friends: one line, not a traceback, for SQL typos
-        if type(e).__module__.startswith("duckdb"):
+    except Exception as e:  # duckdb.Error: one line, not a traceback, for SQL typos
+        import duckdb  # noqa: PLC0415
+
+        if isinstance(e, duckdb.Error):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

@@ -13,6 +13,8 @@ class Section:
     category: str  # canonical category, e.g. "history_of_present_illness"; "other" if unknown
     start: int
     end: int
+    # End of the header (title plus colon) when there is one: ``note[start:header_end]``.
+    header_end: int | None = None
 
 
 @dataclass(frozen=True)
