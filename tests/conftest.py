@@ -54,6 +54,7 @@ def read_csv_notes(path) -> dict[str, str]:
     """ROW_ID -> TEXT of a NOTEEVENTS CSV, read independently of Spark (first record wins)."""
     import csv
 
+    csv.field_size_limit(sys.maxsize)  # a 5 MB note is one field
     out: dict[str, str] = {}
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         for rec in csv.DictReader(f):

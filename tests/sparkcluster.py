@@ -147,39 +147,108 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, starttime) of a live process from /proc, or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[1]), int(fields[19])
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """(pid, starttime) of every live descendant of ``pid`` (Linux /proc; [] elsewhere).
+
+    Needed because process-group kills are not enough for Spark: pyspark's ``daemon.py`` (the
+    executors' Python worker forker) calls ``os.setpgid(0, 0)`` and so leaves the group of the
+    worker JVM that started it."""
+    if not Path("/proc/self/stat").exists():  # pragma: no cover - not Linux
+        return []
+    children: dict[int, list[int]] = {}
+    start: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            st = _proc_stat(int(d.name))
+            if st:
+                children.setdefault(st[0], []).append(int(d.name))
+                start[int(d.name)] = st[1]
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append((c, start[c]))
+            todo.append(c)
+    return out
+
+
+def _same_process_alive(pid: int, starttime: int) -> bool:
+    st = _proc_stat(pid)
+    return st is not None and st[1] == starttime  # a recycled pid has another start time
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> list[str]:
-    """SIGTERM the process group led by ``proc``, wait, then SIGKILL it. Returns problems seen
-    (empty when the whole group was gone within the grace period)."""
+    """SIGTERM the process group led by ``proc`` and every descendant that left the group, wait,
+    then SIGKILL what is left. Returns problems seen (empty when everything was gone within the
+    grace period)."""
     problems: list[str] = []
     pgid = proc.pid  # start_new_session: the leader's pid is the group id
-    if not group_alive(pgid):
+    strays = [(p, t) for p, t in descendants(proc.pid) if _pgid(p) != pgid]
+    if not group_alive(pgid) and not strays:
         proc.poll()
         return problems
+
+    def alive() -> bool:
+        proc.poll()  # reap the leader so the group can empty
+        return group_alive(pgid) or any(_same_process_alive(p, t) for p, t in strays)
+
+    def signal_all(sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+        for p, t in strays:
+            if _same_process_alive(p, t):
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
+
+    # The group first: a Worker's shutdown hook stops its executors, whose Python daemons exit
+    # when their stdin closes; only then the strays, if any are still there.
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so the group can empty
-        if not group_alive(pgid):
-            return problems
+    while time.monotonic() < deadline and group_alive(pgid):
+        proc.poll()
         time.sleep(0.2)
-    problems.append(f"process group {pgid} still alive {grace:.0f}s after SIGTERM; SIGKILL")
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and alive():
+        time.sleep(0.2)
+    if not alive():
+        return problems
+    problems.append(f"process group {pgid} (+{len(strays)} strays) still alive after SIGTERM; "
+                    "SIGKILL")
+    signal_all(signal.SIGKILL)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:  # pragma: no cover
         problems.append(f"pid {proc.pid} survived SIGKILL")
     deadline = time.monotonic() + 10
-    while group_alive(pgid) and time.monotonic() < deadline:
+    while alive() and time.monotonic() < deadline:
         time.sleep(0.1)
-    if group_alive(pgid):  # pragma: no cover
+    if alive():  # pragma: no cover
         problems.append(f"process group {pgid} survived SIGKILL")
     return problems
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 @dataclass
@@ -319,14 +388,20 @@ class StandaloneCluster:
         """Stop workers (and with them their executors) first, then the master. Returns the
         problems seen (process groups that needed SIGKILL); also kept in ``self.problems``."""
         problems: list[str] = []
+        # Snapshot the whole tree first (executor JVMs, Python daemons that left the group).
+        self._tree = [pt for d in self.daemons if d.proc is not None for pt in descendants(d.proc.pid)]
         for d in reversed(self.daemons):
             if d.proc is not None:
                 problems += [f"{d.name}: {p}" for p in stop_group(d.proc)]
         self.problems += problems
         return problems
 
-    def leftover_groups(self) -> list[int]:
-        return [d.proc.pid for d in self.daemons if d.proc is not None and group_alive(d.proc.pid)]
+    def leftovers(self) -> list[str]:
+        """Anything this cluster started that is still running (should be [] after stop())."""
+        out = [f"group {d.proc.pid} ({d.name})" for d in self.daemons
+               if d.proc is not None and group_alive(d.proc.pid)]
+        out += [f"pid {p}" for p, t in getattr(self, "_tree", []) if _same_process_alive(p, t)]
+        return out
 
     def __enter__(self) -> "StandaloneCluster":
         return self.start()

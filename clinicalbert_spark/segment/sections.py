@@ -53,7 +53,7 @@ _PREFIX_RE = re.compile(_LS + r"[ \t]*(?P<title>Flowsheet Data as of)\b", re.I)
 _VALUE_RE = re.compile(r"[-+~<>=(]*\s*\d")  # "KEY: 120/80", "KEY: (36.8)" -> a field
 _DIGIT_RE = re.compile(r"\d")
 _LINE_END_RE = re.compile(r"[^\r\n]*")
-_NEXT_ASSESSMENT_RE = re.compile(r"(?:\r\n|\r|\n)[ \t]*Assessment[ \t]*:", re.I)
+_NEXT_ASSESSMENT_RE = re.compile(r"[ \t]*(?:\r\n|\r|\n)[ \t]*Assessment[ \t]*:", re.I)
 _NONSPACE_RE = re.compile(r"\S")
 
 _SMALL_WORDS = frozenset("a an and as at by for from in of on or the to vs with w/ not".split())
@@ -149,17 +149,10 @@ def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str 
         if kind == "colon" and not rest and title[0].isupper() and _is_titlecase(title.split()):
             return UNKNOWN_CATEGORY
         return None
-    # kind == "alone"
-    line_start = t_start
-    while line_start > 0 and text[line_start - 1] in " \t":
-        line_start -= 1
-    if _NEXT_ASSESSMENT_RE.match(text, t_start + len(title) + len(rest)) and title[0].isupper():
-        return UNKNOWN_CATEGORY  # metavision nursing problem title above "Assessment:"
-    if not _prev_line_blank(text, line_start):
-        return None
-    if caps and n_letters >= 3:
-        return UNKNOWN_CATEGORY
-    if len(words) >= 2 and _is_titlecase(title.split()):
+    # kind == "alone": unknown lines without a colon are too often exam titles ("AP SINGLE VIEW
+    # OF THE CHEST") or list entries to be headers - except a metavision nursing problem title,
+    # recognisable by the "Assessment:" line right under it.
+    if title[0].isupper() and _NEXT_ASSESSMENT_RE.match(text, t_start + len(title) + len(rest)):
         return UNKNOWN_CATEGORY
     return None
 

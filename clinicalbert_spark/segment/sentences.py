@@ -38,7 +38,7 @@ WRAP_CAPS_MIN = 60  # ... and at least this long to wrap into an upper-case word
 
 _CAND_RE = re.compile(
     r"(?P<nl>\r\n|\r|\n)"
-    r"|(?<!\S)(?P<tok>\S*?)(?P<p>[.!?]+)[\"'\u201d\u2019)\]]*(?=\s|\Z)"
+    r"|(?<!\S)(?P<tok>\S*?)(?P<p>[.!?]+)(?P<cl>[\"'\u201d\u2019)\]]*)(?=\s|\Z)"
     r"|[.!?],(?=[ \t]*[A-Z0-9\[])"
 )
 _BRACKET_RE = re.compile(r"\[\*\*[^\n\r]{0,300}?\*\*\]")
@@ -188,6 +188,8 @@ def sentence_cuts(text: str, start: int = 0, end: int | None = None) -> list[int
             continue
         tok = m.group("tok")
         if p == ".":
+            if ")" in m.group("cl") and tok[:1] == "(" and ("." in tok or tok[1:].lower() in ABBREVIATIONS):
+                continue  # "(E.C.) Sig:", "(approx.) 3" - an abbreviation closing a parenthesis
             c = _period_decision(text, tok, m.start("tok"), nxt, cut)
             if c is not None:
                 cuts.append(c)

@@ -1,0 +1,297 @@
+"""Encoder throughput: naive HF pipeline vs. SentenceEncoder (vs. the Spark job).
+
+One run over the same sentences with a BERT-base-sized model (random weights,
+real 30522-piece WordPiece vocab: same shapes and FLOPs as Bio_ClinicalBERT,
+which cannot be downloaded here), printing sentences/s and tokens/s for
+
+(a) naive   -- ``transformers.pipeline("feature-extraction")``, one sentence
+               per call (truncated to ``--max-length``), mean pooled;
+(b) batched -- :class:`clinicalbert_spark.encode.SentenceEncoder` (length-sorted
+               token-budget batches, padding to a multiple of 8, windows for
+               long sentences);
+(c) spark   -- optional (``--spark``): the lead's Spark job end to end.
+
+The naive baseline is slow, so it runs on a subset (``--naive-n``) and its
+per-sentence rate is used as is (rates are per sentence and per token; the
+subset is a random sample of the same sentences, so the rates compare).
+
+Also printed: padding efficiency (real / computed tokens), peak memory (RSS
+via ``resource.getrusage``; ``torch.cuda.max_memory_allocated`` on GPU), and
+on GPU the model FLOP utilisation::
+
+    FLOPs(segment of L tokens) = 2 * P_ne * L  +  4 * n_layers * d_model * L**2
+
+``P_ne`` = non-embedding parameters (~85M for BERT-base: the matmuls, 2 FLOPs
+per multiply-add), the second term = the attention score (QK^T) and weighted
+sum (AV) matmuls. Summed over *real* segment lengths (useful work only; padded
+positions are overhead, shown separately as padding efficiency). MFU =
+achieved FLOP/s / peak dense FLOP/s (``--peak-tflops``; default 989 for
+H100/H200 bf16, 312 for A100).
+
+Usage::
+
+    python benchmarks/encode_bench.py                     # CPU, ~2-3 min on 2 cores
+    python benchmarks/encode_bench.py --device cuda --n 50000 --naive-n 500
+    python benchmarks/encode_bench.py --json out.json --spark
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import re
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from clinicalbert_spark.encode import EncoderConfig, SentenceEncoder, load_model, resolve_device  # noqa: E402
+from clinicalbert_spark.encode.batching import build_segments  # noqa: E402
+from clinicalbert_spark.testing import CLINICAL_WORDS, build_random_bert_base  # noqa: E402
+
+CORPUS = REPO.parent / "shared" / "corpora" / "mtsamples.csv"
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+
+
+def load_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
+    """``n`` sentences from MTSamples transcriptions (crude split), or synthetic ones."""
+    sentences: list[str] = []
+    if CORPUS.is_file():
+        csv.field_size_limit(sys.maxsize)
+        with CORPUS.open(newline="", encoding="utf-8", errors="replace") as f:
+            for row in csv.DictReader(f):
+                text = (row.get("transcription") or "").replace(",  ", ". ")
+                for s in re.split(r"(?<=[.!?])\s+", text):
+                    s = s.strip()
+                    if len(s.split()) >= 3:
+                        sentences.append(s)
+        source = f"mtsamples ({len(sentences)} sentences)"
+    if not sentences:
+        rng = random.Random(seed)
+        for _ in range(n):
+            k = max(3, int(rng.lognormvariate(2.7, 0.6)))
+            sentences.append(" ".join(rng.choice(CLINICAL_WORDS) for _ in range(k)).capitalize() + ".")
+        source = "synthetic"
+    random.Random(seed).shuffle(sentences)
+    return sentences[:n], source
+
+
+def rss_mib() -> float:
+    """Peak resident set size of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_flops(config, seg_lengths: np.ndarray) -> float:
+    """Forward FLOPs over segments of the given real lengths (formula in the module docstring)."""
+    d, layers, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    # per layer: Q,K,V,O projections (4 d^2) + FFN (2 d ff), weights and biases
+    p_ne = layers * (4 * d * d + 4 * d + 2 * d * ff + ff + d + 4 * d)
+    L = seg_lengths.astype(np.float64)
+    return float((2 * p_ne * L + 4 * layers * d * L**2).sum())
+
+
+def run_naive(loaded, sentences, device, max_length):
+    from transformers import pipeline
+
+    pipe = pipeline(
+        "feature-extraction",
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        device=device,
+        tokenize_kwargs={"truncation": True, "max_length": max_length},
+    )
+    pipe(sentences[0], return_tensors=True)  # warm-up
+    tokens = 0
+    sync(device)
+    t0 = time.perf_counter()
+    for s in sentences:
+        h = pipe(s, return_tensors=True)  # [1, L, H]
+        _ = h[0].mean(0)
+        tokens += h.shape[1]
+    sync(device)
+    dt = time.perf_counter() - t0
+    return {"sentences": len(sentences), "tokens": tokens, "seconds": dt,
+            "sentences_per_s": len(sentences) / dt, "tokens_per_s": tokens / dt}
+
+
+def run_batched(loaded, sentences, device, cfg):
+    enc = SentenceEncoder(loaded, cfg, device=device)
+    enc.encode(sentences[: min(256, len(sentences))])  # warm-up (and compile, if asked)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    res = enc.encode(sentences)
+    sync(device)
+    dt = time.perf_counter() - t0
+    st = res.stats
+    out = {
+        "sentences": len(sentences),
+        "tokens": st.real_tokens,
+        "padded_tokens": st.padded_tokens,
+        "padding_efficiency": st.padding_efficiency,
+        "batches": st.batches,
+        "oom_retries": st.oom_retries,
+        "windowed_rows": int((res.n_windows > 1).sum()),
+        "seconds": dt,
+        "sentences_per_s": len(sentences) / dt,
+        "tokens_per_s": st.real_tokens / dt,
+        "max_tokens": enc.max_tokens,
+        "precision": str(enc.dtype).replace("torch.", ""),
+    }
+    if device.type == "cuda":
+        out["cuda_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out, enc
+
+
+def run_spark(model_dir, sentences, args):
+    """(c) HOOK for the lead's Spark job (clinicalbert_spark.spark.encode).
+
+    Calls ``embed_sentences(df, EncodeConfig(...))`` on a local SparkSession and
+    times ``count()`` of the result. Skipped with a message if the Spark glue is
+    not importable or its signature differs.
+    """
+    try:
+        from pyspark.sql import SparkSession
+
+        from clinicalbert_spark.config import EncodeConfig
+        from clinicalbert_spark.spark import encode as spark_encode
+    except Exception as exc:  # noqa: BLE001
+        print(f"(c) spark: skipped, Spark glue not importable ({type(exc).__name__}: {exc})")
+        return None
+    fn = getattr(spark_encode, "embed_sentences", None) or getattr(spark_encode, "embed_dataframe", None)
+    if fn is None:
+        print("(c) spark: skipped, no embed_sentences/embed_dataframe in clinicalbert_spark.spark.encode")
+        return None
+    spark = (
+        SparkSession.builder.master(f"local[{os.cpu_count()}]")
+        .appName("encode-bench")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
+    try:
+        rows = [("n0", i, 0, len(s), "other", s, "h") for i, s in enumerate(sentences)]
+        df = spark.createDataFrame(
+            rows, "note_id string, sentence_index int, start int, end int, section_category string, "
+            "text string, note_hash string",
+        )
+        cfg = EncodeConfig(model=str(model_dir), pooling=args.pooling, max_length=args.max_length,
+                           max_tokens=args.max_tokens, precision=args.precision, compile=args.compile,
+                           device=args.device)
+        out, _acc = fn(df, cfg)
+        out.limit(1).count()  # warm-up: starts workers, loads the model once per worker
+        t0 = time.perf_counter()
+        n = out.count()
+        dt = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001
+        print(f"(c) spark: failed ({type(exc).__name__}: {exc})")
+        return None
+    finally:
+        spark.stop()
+    return {"sentences": n, "seconds": dt, "sentences_per_s": n / dt}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--n", type=int, default=2000, help="sentences for the batched run")
+    ap.add_argument("--naive-n", type=int, default=150, help="sentences for the naive baseline")
+    ap.add_argument("--max-tokens", type=int, default=None, help="token budget per batch")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--pooling", default="mean", choices=["mean", "cls"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--model", default=None, help="model dir (default: random BERT-base)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--spark", action="store_true", help="also time the Spark job (c)")
+    ap.add_argument("--json", default=None, help="write results here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    sentences, source = load_sentences(args.n)
+    tmp = tempfile.TemporaryDirectory(prefix="encode-bench-")
+    model_dir = Path(args.model) if args.model else build_random_bert_base(Path(tmp.name) / "bert-base")
+    loaded = load_model(model_dir)
+    n_params = sum(p.numel() for p in loaded.model.parameters())
+    cfg = EncoderConfig(pooling=args.pooling, max_length=args.max_length, max_tokens=args.max_tokens,
+                        precision=args.precision, compile=args.compile)
+
+    ids = loaded.tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    lens = np.array([len(x) + 2 for x in ids])
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"model={'random BERT-base' if not args.model else model_dir} params={n_params / 1e6:.1f}M")
+    print(f"sentences: {len(sentences)} from {source}; tokens/sentence mean={lens.mean():.1f} "
+          f"p50={np.median(lens):.0f} p95={np.percentile(lens, 95):.0f} max={lens.max()} "
+          f"> {args.max_length}: {(lens > args.max_length).mean():.1%}")
+    results: dict = {"device": str(device), "threads": torch.get_num_threads(), "n": len(sentences),
+                     "source": source, "mean_tokens": float(lens.mean()), "params": n_params}
+
+    if not args.skip_naive:
+        naive = run_naive(loaded, sentences[: args.naive_n], device, args.max_length)
+        results["naive"] = naive
+        results["rss_after_naive_mib"] = rss_mib()
+        print(f"(a) naive pipeline, 1 sentence/call, n={naive['sentences']}: "
+              f"{naive['sentences_per_s']:8.1f} sentences/s {naive['tokens_per_s']:9.0f} tokens/s "
+              f"({naive['seconds']:.1f} s)")
+
+    batched, enc = run_batched(loaded, sentences, device, cfg)
+    results["batched"] = batched
+    results["peak_rss_mib"] = rss_mib()
+    print(f"(b) SentenceEncoder, n={batched['sentences']}, budget={batched['max_tokens']} tokens, "
+          f"{batched['precision']}: {batched['sentences_per_s']:8.1f} sentences/s "
+          f"{batched['tokens_per_s']:9.0f} tokens/s ({batched['seconds']:.1f} s, {batched['batches']} batches, "
+          f"{batched['windowed_rows']} windowed rows)")
+    print(f"    padding efficiency (real/computed tokens): {batched['padding_efficiency']:.3f}; "
+          f"oom retries: {batched['oom_retries']}")
+    if "naive" in results:
+        ratio = batched["sentences_per_s"] / results["naive"]["sentences_per_s"]
+        results["speedup_b_over_a"] = ratio
+        print(f"    speed-up (b)/(a): {ratio:.1f}x sentences/s")
+    mem = f"peak RSS {results['peak_rss_mib']:.0f} MiB (process-wide, all phases)"
+    if device.type == "cuda":
+        mem += f"; CUDA max allocated during (b) {batched['cuda_max_memory_allocated_mib']:.0f} MiB"
+        seg = build_segments(ids, max_length=args.max_length, stride=cfg.effective_stride,
+                             long_policy=cfg.long_policy, cls_id=enc.cls_id, sep_id=enc.sep_id)
+        flops = model_flops(loaded.config, seg.lengths)
+        achieved = flops / batched["seconds"] / 1e12
+        name = torch.cuda.get_device_name(device)
+        peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+        results.update(gpu=name, model_tflops=achieved, peak_tflops=peak,
+                       mfu=achieved / peak if peak else None)
+        print(f"    GPU {name}: {achieved:.1f} model TFLOP/s"
+              + (f", MFU {achieved / peak:.1%} of {peak:.0f} TFLOP/s dense" if peak else ""))
+    print(mem)
+
+    if args.spark:
+        spark_res = run_spark(model_dir, sentences, args)
+        if spark_res:
+            results["spark"] = spark_res
+            print(f"(c) Spark job end to end: {spark_res['sentences_per_s']:8.1f} sentences/s "
+                  f"({spark_res['seconds']:.1f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    tmp.cleanup()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The segmentation job end to end on a real local SparkSession."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from conftest import read_csv_notes
+from clinicalbert_spark.spark.schemas import SENTENCES
+
+SENTENCE_COLUMNS = [f.name for f in SENTENCES.fields] + ["run_id"]
+
+
+def _run_segment(args):
+    import jobs_path  # noqa: F401  (puts jobs/ on sys.path)
+    import segment_notes
+
+    return segment_notes.main(args)
+
+
+def _check_offsets(rows: pd.DataFrame, notes: dict[str, str]) -> None:
+    bad = 0
+    for r in rows.itertuples(index=False):
+        if notes[r.note_id][r.start:r.end] != r.text:
+            bad += 1
+    assert bad == 0, f"{bad} rows whose text differs from note[start:end]"
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+def test_segment_job_on_demo_corpus(spark, demo_csv, tmp_path, fmt, capsys):
+    out = tmp_path / "sentences"
+    rc = _run_segment(["--input", str(demo_csv), "--output", str(out), "--output-format", fmt,
+                       "--run-id", "t1"])
+    assert rc == 0
+    if fmt == "delta":
+        rows = DeltaTable(str(out)).to_pandas()
+        rejects = DeltaTable(str(out) + "_rejects").to_pandas()
+    else:
+        rows = pd.read_parquet(out)
+        rejects = pd.read_parquet(str(out) + "_rejects")
+    assert list(rows.columns) == SENTENCE_COLUMNS
+    notes = read_csv_notes(demo_csv)
+    _check_offsets(rows, notes)
+    # Every record is accounted for: in sentences or in rejects.
+    assert set(rows.note_id) | set(rejects.note_id.dropna()) == set(notes)
+    assert set(rejects.reason) >= {"iserror", "empty_text", "duplicate_id"}
+    assert (rows.groupby("note_id").sentence_index.apply(
+        lambda s: sorted(s) == list(range(len(s))))).all()
+    summary = capsys.readouterr().out
+    assert "segment_notes summary" in summary and "rejected: duplicate_id" in summary
+
+
+def test_no_text_flag_keeps_text_out(spark, demo_csv, tmp_path):
+    out = tmp_path / "s"
+    assert _run_segment(["--input", str(demo_csv), "--output", str(out), "--no-text"]) == 0
+    rows = pd.read_parquet(out)
+    assert rows.text.isna().all() and len(rows) > 0
+
+
+def test_bad_corpus_every_record_accounted(spark, tmp_path):
+    from bad_corpus import write_bad_corpus
+
+    csv = tmp_path / "bad.csv"
+    expected = write_bad_corpus(csv, big_note_mb=5.0)
+    out = tmp_path / "s"
+    assert _run_segment(["--input", str(csv), "--output", str(out)]) == 0
+    rows = pd.read_parquet(out)
+    rejects = pd.read_parquet(str(out) + "_rejects")
+    ok_ids = {nid for nid, o in expected["records"] if o == "ok"}
+    assert set(rows.note_id) == ok_ids
+    want = sorted((nid or "", o) for nid, o in expected["records"] if o != "ok")
+    assert sorted(zip(rejects.note_id.fillna(""), rejects.reason)) == want
+    big = rows[rows.note_id == "9"]
+    assert len(big) > 10_000 and (big.end - big.start).max() < 5_000
+    _check_offsets(rows, read_csv_notes(csv))
+
+
+def test_bad_flags_give_clear_errors(spark, tmp_path, capsys):
+    assert _run_segment(["--input", str(tmp_path / "missing.csv"),
+                         "--output", str(tmp_path / "o")]) == 1
+    assert _run_segment(["--input", "x", "--output", "o", "--encode.pooling", "max"]) == 2
+    err = capsys.readouterr().err
+    assert "input not found" in err and "encode.pooling" in err
