@@ -179,12 +179,19 @@ def run_spark(model_dir, sentences, args):
     if fn is None:
         print("(c) spark: skipped, no embed_sentences/embed_dataframe in clinicalbert_spark.spark.encode")
         return None
-    spark = (
-        SparkSession.builder.master(f"local[{os.cpu_count()}]")
-        .appName("encode-bench")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
-    )
+    try:  # the project's session builder (sets PYSPARK_PYTHON, Arrow, log level)
+        from clinicalbert_spark.config import SparkConfig
+        from clinicalbert_spark.spark.session import get_spark
+
+        spark = get_spark(SparkConfig(master=f"local[{os.cpu_count()}]", app_name="encode-bench"))
+    except Exception:  # noqa: BLE001 - fall back to a plain local session
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers need this venv
+        spark = (
+            SparkSession.builder.master(f"local[{os.cpu_count()}]")
+            .appName("encode-bench")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .getOrCreate()
+        )
     try:
         rows = [("n0", i, 0, len(s), "other", s, "h") for i, s in enumerate(sentences)]
         df = spark.createDataFrame(

@@ -317,10 +317,19 @@ def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
 def table_exists(spark: SparkSession, path: str, fmt: str) -> bool:
     if fmt == "delta":
         return is_delta_path(path)
+    # A folder left by a failed first write holds no data file: that is no table yet.
     jvm = spark._jvm  # type: ignore[union-attr]
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-    return bool(fs.exists(hpath))
+    if not fs.exists(hpath):
+        return False
+    files = fs.listFiles(hpath, True)
+    while files.hasNext():
+        p = files.next().getPath()
+        name = p.getName()
+        if name.endswith(".parquet") and "/_" not in p.toUri().getPath()[len(path):]:
+            return True
+    return False
 
 
 def _delete_path(spark: SparkSession, path: str) -> None:
@@ -402,7 +411,7 @@ def _write_delta_rs(df: DataFrame, path: str, mode: str, partition_by: str | Non
 
     data_cols = [f for f in df.schema.fields if f.name != partition_by]
     part_cols = [f for f in df.schema.fields if f.name == partition_by]
-    arrow_schema = to_arrow_schema(T.StructType(data_cols + part_cols))
+    arrow_schema = to_arrow_schema(T.StructType(data_cols + part_cols), timezone="UTC")
     actions = []
     for f in sorted(staging.rglob("*.parquet")):
         rel = f.relative_to(root).as_posix()

@@ -8,7 +8,6 @@ offline demo can all use them::
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

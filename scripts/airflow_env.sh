@@ -30,10 +30,11 @@ fi
 
 # What we install. apache-airflow-providers-apache-spark pulls only pyspark-client (the
 # thin Spark Connect client), not the 400 MB pyspark wheel: SparkSubmitOperator just runs the
-# spark-submit binary found on PATH / in the Spark connection.
+# spark-submit binary found on PATH / in the Spark connection. <7: the DAG's operator subclass
+# sets the connection id the way provider 5.x/6.x read it (tests/test_dag.py checks it).
 PKGS=("apache-airflow==${AIRFLOW_VERSION}")
 if [[ "$SPARK_PROVIDER" == "1" ]]; then
-  PKGS+=("apache-airflow-providers-apache-spark>=5.0")
+  PKGS+=("apache-airflow-providers-apache-spark>=5.0,<7")
 fi
 STAMP="$VENV/.cbs-airflow-stamp"
 WANT="python=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ${PKGS[*]}"

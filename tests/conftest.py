@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
-DEMO_CSV = ROOT / "demo" / "NOTEEVENTS_demo.csv"
+DEMO_CSV = Path(os.environ.get("CBS_DEMO_CSV", ROOT / "demo" / "NOTEEVENTS_demo.csv"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -141,3 +141,12 @@ def test_cache_loads_once_even_with_threads():
     assert cache.load_count(("test", "bad")) == 0  # failures are not cached
     cache.clear_cache()
     assert cache.load_count(key) == 0
+
+
+def test_plan_batches_closes_early_at_length_change_once_filled():
+    lengths = [16, 16, 8, 8]
+    assert [b.tolist() for b in plan_batches(lengths, 64, 8)] == [[0, 1], [2, 3]]
+    # min_fill=1: pure greedy, the short rows are padded up into the first batch
+    assert [b.tolist() for b in plan_batches(lengths, 64, 8, min_fill=1.0)] == [[0, 1, 2, 3]]
+    # a batch below min_fill keeps taking shorter rows rather than running nearly empty
+    assert [b.tolist() for b in plan_batches([16, 8, 8, 8], 256, 8)] == [[0, 1, 2, 3]]

@@ -178,6 +178,28 @@ def test_oom_retry_halves_budget_and_keeps_results(loaded):
         enc.encode(SENTENCES[:3])
 
 
+def test_cublas_alloc_failure_counts_as_oom(loaded):
+    enc = SentenceEncoder(loaded, EncoderConfig(max_tokens=1024), device="cpu")
+    real_forward = enc._forward
+    calls = []
+
+    def flaky(input_ids, attention_mask):
+        calls.append(input_ids.shape[0])
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)")
+        return real_forward(input_ids, attention_mask)
+
+    enc._forward = flaky
+    assert enc.encode(SENTENCES).stats.oom_retries == 1
+
+    def broken(input_ids, attention_mask):
+        raise RuntimeError("shape mismatch")  # a real bug is not retried
+
+    enc._forward = broken
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        enc.encode(SENTENCES)
+
+
 def test_invalid_configs():
     with pytest.raises(ValueError):
         EncoderConfig(max_length=1024)

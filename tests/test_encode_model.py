@@ -176,3 +176,15 @@ def test_resolve_precision():
     assert resolve_precision("fp16", cpu) == torch.float16
     with pytest.raises(ValueError):
         resolve_precision("int8", cpu)
+
+
+def test_detect_task_without_architectures_reads_weight_names(models, tmp_path):
+    import json
+
+    for name, expected in (("mlm", "fill-mask"), ("base", "embed")):
+        d = tmp_path / name
+        shutil.copytree(models[name], d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.pop("architectures", None)  # like Bio_ClinicalBERT's config.json
+        (d / "config.json").write_text(json.dumps(cfg))
+        assert detect_task(d) == expected

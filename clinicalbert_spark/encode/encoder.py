@@ -19,6 +19,7 @@ from .runtime import (
     EncodeStats,
     _Budget,
     classify_texts,
+    is_oom,
     run_batches,
     tokenize_texts,
 )
@@ -207,10 +208,8 @@ class SentenceEncoder:
         with autocast_context(self.device, self.dtype):
             try:
                 out = self._module(input_ids=input_ids, attention_mask=attention_mask)
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception:
-                if not self._compiled:
+            except Exception as exc:
+                if not self._compiled or is_oom(exc):
                     raise
                 # torch.compile failures surface on first call; eager is always correct.
                 logger.warning("torch.compile failed; falling back to eager", exc_info=True)

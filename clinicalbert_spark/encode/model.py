@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,6 @@ class LoadedModel:
     task: str
     config: Any
     path: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _offline(local_files_only: bool | None) -> bool:
@@ -206,6 +205,30 @@ def _task_from_architectures(architectures: list[str] | None) -> str:
     return "embed"
 
 
+def _task_from_weight_names(path: Path) -> str:
+    """Guess the task from safetensors tensor names (header only, no weights read).
+
+    Used when ``config.json`` has no ``architectures`` (older checkpoints such
+    as Bio_ClinicalBERT, converted from TF): an MLM head shows up as
+    ``cls.predictions.*``.
+    """
+    names: list[str] = []
+    index = path / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            names = list(json.loads(index.read_text()).get("weight_map", {}))
+        elif (path / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+                names = list(f.keys())
+    except Exception:  # unreadable header: fall back to "embed"
+        logger.debug("could not read weight names in %s", path, exc_info=True)
+    if any(n.startswith("cls.predictions.") for n in names):
+        return "fill-mask"
+    return "embed"
+
+
 def detect_task(model_dir_or_id: str | os.PathLike, revision: str | None = None) -> str:
     """Infer the task a checkpoint was trained for from ``config.architectures``.
 
@@ -222,7 +245,9 @@ def detect_task(model_dir_or_id: str | os.PathLike, revision: str | None = None)
     task : str
         ``"fill-mask"`` for ``*ForMaskedLM`` / ``*ForPreTraining``,
         ``"sequence-classification"``, ``"token-classification"``, else
-        ``"embed"`` (plain ``BertModel`` or no ``architectures`` field).
+        ``"embed"`` (plain ``BertModel``). Without an ``architectures``
+        field, a local safetensors checkpoint holding ``cls.predictions.*``
+        weights is ``"fill-mask"``.
     """
     path = Path(model_dir_or_id).expanduser()
     if not path.is_dir():
@@ -243,7 +268,10 @@ def detect_task(model_dir_or_id: str | os.PathLike, revision: str | None = None)
         path = Path(cfg_file).parent
     if not (path / "config.json").is_file():
         raise MissingModelFileError(f"model directory {path} has no config.json")
-    return _task_from_architectures(_read_config_json(path).get("architectures"))
+    architectures = _read_config_json(path).get("architectures")
+    if not architectures:
+        return _task_from_weight_names(path)
+    return _task_from_architectures(architectures)
 
 
 def _auto_class(task: str):

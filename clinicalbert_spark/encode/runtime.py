@@ -15,7 +15,7 @@ import torch
 
 from .batching import collate, next_batch, padded_length
 
-__all__ = ["EncodeStats", "run_batches", "classify_texts", "tokenize_texts", "DEFAULT_MAX_TOKENS"]
+__all__ = ["EncodeStats", "run_batches", "is_oom", "classify_texts", "tokenize_texts", "DEFAULT_MAX_TOKENS"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,17 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory, including the cuBLAS/cuDNN allocation
+    failures that surface as plain ``RuntimeError``."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "CUDA out of memory" in msg or "CUBLAS_STATUS_ALLOC_FAILED" in msg or "CUDNN_STATUS_ALLOC_FAILED" in msg
+    )
+
+
 def run_batches(
     segments: Sequence[np.ndarray],
     *,
@@ -163,7 +174,7 @@ def run_batches(
     ``budget.max_tokens`` (see :func:`~.batching.plan_batches`; the cut is made
     lazily so a shrunken budget applies to every later batch).
 
-    On ``torch.cuda.OutOfMemoryError`` the CUDA cache is emptied, the budget
+    On CUDA out-of-memory (:func:`is_oom`) the CUDA cache is emptied, the budget
     is halved (to at most half of the failed batch's padded size, so the
     batch really splits) and the same rows are retried. A single segment that
     still does not fit re-raises: the device cannot run this model at all,
@@ -184,8 +195,8 @@ def run_batches(
         oom = False
         try:
             step(index, _to_device(ids_np, device), _to_device(mask_np, device))
-        except torch.cuda.OutOfMemoryError:
-            if len(index) == 1:
+        except RuntimeError as exc:  # OutOfMemoryError is a RuntimeError
+            if not is_oom(exc) or len(index) == 1:
                 raise
             oom = True
         if oom:

@@ -39,7 +39,6 @@ _MAX_CHUNK = 100_000  # characters per spaCy/pySBD call (spaCy's max_length guar
 
 _REST_OF_LINE_RE = re.compile(r"[ \t]*(?=[\r\n]|\Z)")
 _NONSPACE_RE = re.compile(r"\S")
-_NEWLINE_RE = re.compile(r"\r\n|\r|\n")
 
 
 class BackendUnavailable(RuntimeError):

@@ -70,7 +70,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "new medications", "discharge prescriptions",
     ),
     "allergies": (
-        "allergies", "allergy", "allergies/adverse reactions", "allergies adverse reactions",
+        "allergies", "all", "allergy", "allergies/adverse reactions", "allergies adverse reactions",
         "drug allergies", "medication allergies", "nkda", "allergies and adverse reactions",
         "allergic reactions", "adverse reactions",
     ),
@@ -160,7 +160,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "technique": (
         "technique", "techniques", "procedure technique", "exam technique", "protocol",
-        "contrast", "method", "methods", "technique and findings",
+        "method", "methods", "technique and findings",
     ),
     "comparison": (
         "comparison", "comparisons", "prior studies", "comparison studies", "compared to",
@@ -249,7 +249,6 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "signature": ("electronically signed by", "dictated by", "signed by", "attending addendum",
                   "attending note", "attending attestation", "resident", "transcribed by",
                   "cc list"),
-    "demographics": ("name", "patient name"),
 }
 
 #: header variant (normalised) -> canonical category
@@ -271,10 +270,10 @@ total out,po,tf,ivf,blood products,urine,ng,stool,in,out,gcs,pain score,rhythm,h
 na,k,cl,co2,hco3,bun,cr,creat,creatinine,glucose,gluc,ca,mg,phos,po4,wbc,hgb,hb,hct,plt,platelets,
 inr,ptt,alt,ast,alk phos,t bili,tbili,albumin,lactate,lactic acid,trop,troponin,ck,ckmb,ck-mb,
 bnp,ldh,amylase,lipase,tsh,ph,pco2,po2,base excess,ferritin,iron,esr,crp,procalcitonin,ammonia,
-fingerstick,fsbg,bs,blood sugar,age,unit no,unit number,mrn,mr#,medical record number,
+fingerstick,fsbg,bs,blood sugar,age,name,patient name,unit no,unit number,mrn,mr#,medical record number,
 admission no,first name,last name,pager,pager#,pager number,phone,telephone,fax,tel,cell,md,rn,np,
 date,time,date/time,status,test,doppler,technical quality,location,room,bed,clip,clip number,
-clip #,job#,job number,job #,completed by,provider,mental status,level of consciousness,activity status,dictated by md,signed electronically by,d,t,
+clip #,contrast,job#,job number,job #,completed by,provider,mental status,level of consciousness,activity status,dictated by md,signed electronically by,d,t,
 ekg rate,pr,qrs,qt,qtc,qt/qtc,p qrs t,axes,intervals,rate,
 tv,ie,i:e,etco2,peak,mean,fluid in,fluid out,net,los,length of stay,
 height (in),weight (lb),bp (mm hg),hr (bpm),bsa (m2),
@@ -340,11 +339,18 @@ def is_field_name(title: str) -> bool:
 #  * ABBREVIATIONS can end a sentence ("... at 7 a.m. The patient ...", "... etc. He ..."): after
 #    them we split only before a capitalised word (or an inline list item), never before a
 #    lowercase word or a number.
+#: personal and place titles; matched case-sensitively in sentences.py ("Ms." vs "450 ms.",
+#: "St. Louis" vs "HR 100s ST.")
+TITLE_ABBREVIATIONS: frozenset[str] = frozenset(
+    "mr mrs ms dr drs prof rev hon sr messrs mme mlle st mt ft gen col capt lt sgt maj cmdr adm "
+    "gov sen rep pres supt".split()
+)
+
 NO_BREAK_ABBREVIATIONS: frozenset[str] = frozenset("""
-mr mrs ms dr drs prof rev hon sr messrs mme mlle st mt ft pt pts approx appox aprox apprx e.g eg
+pt pts approx appox aprox apprx e.g eg
 i.e ie viz cf vs v fig figs no nos ref refs vol vols pp ca c.f pg op cit ibid e.g., i.e., esp incl
-dept univ assoc inst gen col capt lt sgt maj cmdr adm gov sen rep pres supt est appt approx.
-re attn apt bldg tel ext dx'd abt w/o c/o a/w
+dept univ assoc inst est appt approx.
+re attn apt bldg tel ext dx'd abt w/o c/o a/w q
 """.split())
 
 ABBREVIATIONS: frozenset[str] = frozenset("""
@@ -365,11 +371,36 @@ a.s.a asa n.p.o npo d/c dc'd d.c w.n.l n.a na n/a
 vit dil conc tbsp tsp amt amts bx cx ux rx
 """.split())
 
+#: abbreviations of units and durations: a clause usually goes on after them ("30 sec. after",
+#: "2 yrs. ago"), so "." + lowercase word is not a boundary.
+UNIT_ABBREVIATIONS: frozenset[str] = frozenset("""
+mg mcg g gm gms kg lb lbs oz ml cc l dl meq mmol mmhg mm cm m in ft u iu cal kcal yr yrs y.o yo wk
+wks mo mos hr hrs h min mins sec secs etc al vs a.m p.m am pm approx
+""".split())
+
+#: plain (undotted) abbreviations that typically END a clause in lower-case nursing text
+#: ("... kcl po. pulses palp", "... +bs. tolerating"): "." + lowercase word is a boundary after
+#: them (after the other ABBREVIATIONS it is not: "cont. to monitor", "temp. 38").
+FINAL_ABBREVIATIONS: frozenset[str] = frozenset("""
+bs po iv im sc sq subq sl pr prn qd bid tid qid qhs hs qod qam qpm stat npo rn md np pa phd jr
+inc ltd co corp llc wnl wnr nl ntd sob doe asa na dc'd q4h q6h q8h q12h q24h q2h q3h q1h qhr
+gtt gtts tab tabs caps inj rxn hx sx dx fx tx rx labs meds
+""".split())
+
 #: words before a single capital letter that make "X." a label, not an initial (vitamin D.)
 LETTER_LABEL_WORDS: frozenset[str] = frozenset(
     "vitamin vit hepatitis hep type group grade class stage lead leads zone factor protein "
     "plan option appendix part level phase section step schedule category antigen strep "
     "complex segment wave".split()
+)
+
+#: species names after a genus initial ("E. coli", "H. pylori", "C. diff"): never a boundary
+SPECIES: frozenset[str] = frozenset(
+    "coli pylori aureus diff dif difficile pneumoniae aeruginosa epidermidis faecalis faecium "
+    "albicans glabrata krusei marcescens cloacae aerogenes influenzae jirovecii jiroveci carinii "
+    "fragilis mirabilis perfringens lugdunensis mutans viridans maltophilia baumannii oxytoca "
+    "pyogenes agalactiae lactis monocytogenes meningitidis gonorrhoeae trachomatis pallidum "
+    "burgdorferi neoformans fumigatus vulgaris capitis hominis haemolyticus anginosus".split()
 )
 
 #: words that cannot end a sentence: a line ending with one continues on the next line

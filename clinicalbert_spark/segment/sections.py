@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 from .lexicon import (
     PREAMBLE_CATEGORY,
@@ -38,21 +40,28 @@ from .types import Section
 _LS = r"(?:(?<=[\n\r])|\A)"  # line start for \n, \r\n and bare \r line ends
 _BRACKET = r"\[\*\*[^\n\r\]]{0,80}?\*\*\]"
 
-_COLON_RE = re.compile(
-    _LS
-    + r"[ \t]*(?P<title>(?:" + _BRACKET + r"[ \t]*)?[A-Za-z][A-Za-z0-9 \t/&()',+#\-]{0,60}?)"
-    r"[ \t]*(?P<sep>:|=(?=[A-Za-z]))"
+# Header candidates are found from their separator: every ":" (and "=" before a letter) is
+# looked at, and the text between the line start (or the previous ". ; ,") and it must look
+# like a title. Colons are rare in prose, so this is much cheaper than matching titles at every
+# line start.
+_SEP_RE = re.compile(r":|=(?=[A-Za-z])")
+_COLON_TITLE_RE = re.compile(
+    r"[ \t]*(?P<title>(?:" + _BRACKET + r"[ \t]*)?[A-Za-z0-9][A-Za-z0-9 \t/&()',+#\-]{0,60})"
 )
-_ALONE_RE = re.compile(
-    _LS + r"[ \t]*(?P<title>[A-Za-z][A-Za-z \t/&()',\-]{0,58}[A-Za-z)])[ \t]*(?=[\r\n]|\Z)"
-)
-_INLINE_RE = re.compile(r"(?<=[.;,])[ \t]*(?P<title>[A-Za-z][A-Za-z /&]{0,40}?)[ \t]*:(?![0-9/])")
+_INLINE_TITLE_RE = re.compile(r"[ \t]*(?P<title>[A-Za-z][A-Za-z /&]{0,40})")
+_MAX_INDENT = 60
+_ALONE_TITLE = r"[ \t]*(?P<title>[A-Za-z](?:[A-Za-z \t/&()',\-]|" + _BRACKET + r"){0,58}[A-Za-z)\]])"
+# "(?m)^" is much faster than a look-behind at every position; notes with bare-CR line ends
+# (old Mac) use the slower form.
+_ALONE_RE = re.compile(r"(?m)^" + _ALONE_TITLE + r"[ \t]*\r?$")
+_ALONE_CR_RE = re.compile(_LS + _ALONE_TITLE + r"[ \t]*(?=[\r\n]|\Z)")
 # Metavision headers followed by a timestamp rather than a colon.
 _PREFIX_RE = re.compile(_LS + r"[ \t]*(?P<title>Flowsheet Data as of)\b", re.I)
 
 _VALUE_RE = re.compile(r"[-+~<>=(]*\s*\d")  # "KEY: 120/80", "KEY: (36.8)" -> a field
 _DIGIT_RE = re.compile(r"\d")
-_LINE_END_RE = re.compile(r"[^\r\n]*")
+_DIGITS_SLASH = frozenset("0123456789/")
+_LINE_END_RE = re.compile(r"[^\r\n]{0,200}")
 _NEXT_ASSESSMENT_RE = re.compile(r"[ \t]*(?:\r\n|\r|\n)[ \t]*Assessment[ \t]*:", re.I)
 _NONSPACE_RE = re.compile(r"\S")
 
@@ -69,6 +78,8 @@ CONTAINER_CATEGORIES = frozenset({
 _ABSORBED = {
     "pertinent_results": frozenset({"labs_and_studies", "imaging", "findings", "impression",
                                     "cardiovascular"}),
+    # problem-oriented A&P: "# Hypotension / Assessment: ... / Plan: ..."
+    "assessment_and_plan": frozenset({"assessment", "plan", "action", "response"}),
 }
 
 
@@ -102,27 +113,35 @@ def _is_titlecase(words: list[str]) -> bool:
     return seen
 
 
-def _prev_line_blank(text: str, line_start: int) -> bool:
-    """True when the line before ``line_start`` is blank (or there is none)."""
-    i = line_start - 1
-    if i < 0:
-        return True
-    if text[i] == "\n" and i > 0 and text[i - 1] == "\r":
-        i -= 1
-    i -= 1  # past the line terminator
-    while i >= 0 and text[i] in " \t":
-        i -= 1
-    return i < 0 or text[i] in "\r\n"
+class _TitleInfo(NamedTuple):
+    field: bool  # a known key:value field name
+    category: str | None  # lexicon category
+    caps: bool  # ALL CAPS
+    plausible: bool  # short, no digits: could be an unknown header
+    titlecase: bool
+
+
+@lru_cache(maxsize=1 << 16)
+def _title_info(title: str) -> _TitleInfo:
+    """Everything about a title that does not depend on its context (titles repeat: cached)."""
+    field = is_field_name(title)
+    cat = None if field else lookup_header(title)
+    words = normalize_title(title).split()
+    plausible = (1 <= len(words) <= 6 and len(title) <= 50
+                 and not _DIGIT_RE.search(title.replace("[**", "")))
+    return _TitleInfo(field, cat, _is_caps(title), plausible, _is_titlecase(title.split()))
 
 
 def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str | None:
     """Category for a header candidate, or None when it is not a header."""
-    if is_field_name(title):
+    info = _title_info(title)
+    if info.field:
         return None
-    cat = lookup_header(title)
-    caps = _is_caps(title)
+    cat = info.category
+    if cat is None and title[0].isdigit():
+        return None  # "24 Hour Events:" is in the lexicon; "1) Foo:" is a list item
+    caps = info.caps
     if kind == "inline":
-        before = text[t_start - 1] if t_start else ""
         j = t_start - 1
         while j >= 0 and text[j] in " \t":
             j -= 1
@@ -139,20 +158,18 @@ def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str 
         if kind == "alone" and not title[0].isupper():
             return None  # a wrapped prose line that happens to read "physical exam"
         return cat
-    words = normalize_title(title).split()
-    if not 1 <= len(words) <= 6 or len(title) > 50 or _DIGIT_RE.search(title.replace("[**", "")):
-        return None
-    n_letters = sum(c.isalpha() for c in title)
-    if kind in ("colon", "inline"):
-        if caps and n_letters >= 2:
-            return None if (rest and _VALUE_RE.match(rest)) else UNKNOWN_CATEGORY
-        if kind == "colon" and not rest and title[0].isupper() and _is_titlecase(title.split()):
+    if kind == "alone":
+        # Unknown lines without a colon are too often exam titles ("AP SINGLE VIEW OF THE
+        # CHEST") or list entries to be headers - except a metavision nursing problem title,
+        # recognisable by the "Assessment:" line right under it.
+        if title[0].isupper() and _NEXT_ASSESSMENT_RE.match(text, t_start + len(title)):
             return UNKNOWN_CATEGORY
         return None
-    # kind == "alone": unknown lines without a colon are too often exam titles ("AP SINGLE VIEW
-    # OF THE CHEST") or list entries to be headers - except a metavision nursing problem title,
-    # recognisable by the "Assessment:" line right under it.
-    if title[0].isupper() and _NEXT_ASSESSMENT_RE.match(text, t_start + len(title) + len(rest)):
+    if not info.plausible:
+        return None
+    if caps and sum(c.isalpha() for c in title) >= 2:
+        return None if (rest and _VALUE_RE.match(rest)) else UNKNOWN_CATEGORY
+    if kind == "colon" and not rest and title[0].isupper() and info.titlecase:
         return UNKNOWN_CATEGORY
     return None
 
@@ -160,13 +177,26 @@ def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str 
 def find_headers(text: str) -> list[Header]:
     """All section headers of ``text``, in order, non-overlapping."""
     cands: list[tuple[int, int, str, str, int]] = []  # (start, end, kind, title, rest_start)
-    for m in _COLON_RE.finditer(text):
-        cands.append((m.start("title"), m.end(), "colon", m.group("title"), m.end()))
-    for m in _ALONE_RE.finditer(text):
+    rfind = text.rfind
+    for sm in _SEP_RE.finditer(text):
+        pos = sm.start()
+        lo = max(0, pos - 62 - _MAX_INDENT)
+        ls = max(rfind("\n", lo, pos), rfind("\r", lo, pos)) + 1
+        if ls or not lo:
+            m = _COLON_TITLE_RE.fullmatch(text, ls, pos)
+            if m is not None:
+                cands.append((m.start("title"), pos + 1, "colon", m.group("title"), pos + 1))
+                continue
+        if sm.group() == ":":
+            lo = max(0, pos - 42)
+            p = max(rfind(".", lo, pos), rfind(";", lo, pos), rfind(",", lo, pos))
+            if p >= 0 and text[pos + 1: pos + 2] not in _DIGITS_SLASH:
+                m = _INLINE_TITLE_RE.fullmatch(text, p + 1, pos)
+                if m is not None:
+                    cands.append((m.start("title"), pos + 1, "inline", m.group("title"), pos + 1))
+    alone_re = _ALONE_CR_RE if text.count("\r") > text.count("\n") else _ALONE_RE
+    for m in alone_re.finditer(text):
         cands.append((m.start("title"), m.end("title"), "alone", m.group("title"), m.end()))
-    if "." in text or ";" in text or "," in text:
-        for m in _INLINE_RE.finditer(text):
-            cands.append((m.start("title"), m.end(), "inline", m.group("title"), m.end()))
     if "lowsheet" in text or "LOWSHEET" in text:
         for m in _PREFIX_RE.finditer(text):
             cands.append((m.start("title"), m.end("title"), "prefix", m.group("title"), m.end()))
@@ -182,7 +212,7 @@ def find_headers(text: str) -> list[Header]:
             rest = ""
             alone = False
         else:
-            rest = _LINE_END_RE.match(text, rest_start).group()[:200].strip()
+            rest = _LINE_END_RE.match(text, rest_start).group().strip()
             if kind == "inline":
                 rest = rest.lstrip(", ")
             cat = _classify(text, kind, title, start, rest)

@@ -148,11 +148,28 @@ def _chunks(batches: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame
         yield pd.concat(buf, ignore_index=True)
 
 
+def inject_fault(stage: str) -> None:
+    """Fault injection for the recovery tests: ``CBS_INJECT_FAULT=<stage>:first_attempt``
+    fails the first attempt of every task of that stage (Spark retries it), ``<stage>:always``
+    fails the stage. Unset in production."""
+    spec = os.environ.get("CBS_INJECT_FAULT", "")
+    if not spec.startswith(stage + ":"):
+        return
+    from pyspark import TaskContext
+
+    tc = TaskContext.get()
+    mode = spec.split(":", 1)[1]
+    if mode == "always" or (mode == "first_attempt" and tc is not None
+                            and tc.attemptNumber() == 0):
+        raise RuntimeError(f"injected fault in stage {stage} (CBS_INJECT_FAULT)")
+
+
 def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: str,
                   revision: str | None, acc: EncodeAccumulators | None = None
                   ) -> Iterator[pd.DataFrame]:
     enc = get_encoder(cfg)
     for pdf in _chunks(batches, CHUNK_ROWS):
+        inject_fault("embed")
         res = enc.encode(pdf["text"].tolist())
         ok = np.asarray([s == "ok" for s in res.status])
         emb = res.embeddings.astype(np.float32, copy=False)

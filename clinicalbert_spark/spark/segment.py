@@ -29,7 +29,7 @@ def segment_batches(
     for pdf in batches:
         out: dict[str, list] = {c: [] for c in cols}
         for row in pdf.itertuples(index=False):
-            text = row.text
+            text = row.text if isinstance(row.text, str) else ""
             meta = (row.note_id, row.subject_id, row.hadm_id, row.category)
             try:
                 sentences = seg.segment(text)

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Segmentation throughput (one core) and gold-set quality, per backend, in one table.
+
+    python benchmarks/segment_bench.py [--limit N] [--pysbd-limit 300] [--json out.json]
+
+Throughput is measured on MTSamples + the PhysioNet MIMIC-II nursing notes from
+``../shared/corpora`` (``$CLINICALBERT_CORPORA`` overrides), the same notes for every backend
+(pySBD, about 100x slower than the rules, runs on the first ``--pysbd-limit`` notes of the same
+list; the table says so). "MB" is 10^6 characters of note text. Both CPU-time throughput (the
+single-core figure: this process is single-threaded and BLAS/OpenMP pools are pinned to one
+thread) and wall-clock throughput are reported; on a busy machine trust the CPU figure. Model
+loading and a warm-up note are excluded. Quality columns come from ``tests/data/gold``.
+"""
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+           "VECLIB_MAXIMUM_THREADS", "TOKENIZERS_PARALLELISM"):
+    os.environ.setdefault(_v, "1" if _v != "TOKENIZERS_PARALLELISM" else "false")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clinicalbert_spark.segment import BackendUnavailable, available_backends, get_segmenter  # noqa: E402
+from clinicalbert_spark.segment.corpora import corpora_dir, read_deid_nursing, read_mtsamples  # noqa: E402
+from clinicalbert_spark.segment.evaluate import evaluate, load_gold  # noqa: E402
+
+BACKENDS = ("rules", "spacy_sentencizer", "scispacy", "pysbd")
+
+
+def _pin_one_core() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        except OSError:
+            pass
+
+
+def _throughput(seg, notes: list[str]) -> dict:
+    seg.segment(notes[0])  # warm-up: lazy model load, regex/lexicon caches
+    n_chars = sum(len(t) for t in notes)
+    n_sents = 0
+    c0, w0 = time.process_time(), time.perf_counter()
+    for t in notes:
+        n_sents += len(seg.segment(t))
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    return {
+        "notes": len(notes), "chars": n_chars, "sentences": n_sents,
+        "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+        "mb_per_s_cpu": round(n_chars / 1e6 / cpu, 2) if cpu else None,
+        "mb_per_s_wall": round(n_chars / 1e6 / wall, 2) if wall else None,
+        "notes_per_s_cpu": round(len(notes) / cpu, 1) if cpu else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="notes per corpus (default: all)")
+    ap.add_argument("--pysbd-limit", type=int, default=300,
+                    help="pySBD runs on only this many of the notes (default 300; 0 = all)")
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--corpora", default=None, help="folder of the corpora (default ../shared/corpora)")
+    ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    args = ap.parse_args(argv)
+    _pin_one_core()
+
+    base = Path(args.corpora) if args.corpora else corpora_dir()
+    mts, nur = base / "mtsamples.csv", base / "physionet_deid_nursing" / "id.res"
+    if not mts.is_file() and not nur.is_file():
+        print(f"no corpora under {base}: expected mtsamples.csv and/or physionet_deid_nursing/id.res "
+              f"(see /work/shared/corpora/SOURCES.md); set --corpora or $CLINICALBERT_CORPORA",
+              file=sys.stderr)
+        return 2
+    notes: list[str] = []
+    parts = []
+    for name, path, reader in (("mtsamples", mts, read_mtsamples), ("nursing", nur, read_deid_nursing)):
+        if path.is_file():
+            got = [t for _, t in reader(path)][: args.limit]
+            notes.extend(got)
+            parts.append(f"{name} {len(got)}")
+    gold = load_gold()
+    print(f"corpus: {' + '.join(parts)} notes, {sum(map(len, notes)) / 1e6:.1f} M chars; "
+          f"gold: {len(gold)} notes, {sum(len(g.sentences) for g in gold)} sentences; "
+          f"python {platform.python_version()}, 1 core")
+
+    results = []
+    for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if name not in available_backends():
+            results.append({"backend": name, "skipped": "not installed"})
+            continue
+        try:
+            seg = get_segmenter(name)
+        except BackendUnavailable as e:
+            results.append({"backend": name, "skipped": str(e)[:80]})
+            continue
+        subset = notes
+        if name == "pysbd" and args.pysbd_limit:
+            subset = notes[: args.pysbd_limit]
+        print(f"  running {name} on {len(subset)} notes ...", file=sys.stderr, flush=True)
+        row = {"backend": name, "version": seg.version, **_throughput(seg, subset)}
+        row["subset"] = len(subset) < len(notes)
+        row.update({f"gold_{k}": v for k, v in evaluate(seg, gold).totals.items()})
+        results.append(row)
+
+    hdr = (f"{'backend':18} {'notes':>6} {'MB/s cpu':>9} {'MB/s wall':>9} {'notes/s':>8} "
+           f"{'sect acc':>8} {'recall':>7} {'precis':>7} {'no-split':>8} {'cover':>6} {'mism':>5}")
+    print("\n" + hdr + "\n" + "-" * len(hdr))
+    for r in results:
+        if "skipped" in r:
+            print(f"{r['backend']:18} skipped: {r['skipped']}")
+            continue
+        star = "*" if r["subset"] else " "
+        print(f"{r['backend']:18} {r['notes']:>5}{star} {r['mb_per_s_cpu']:>9.2f} {r['mb_per_s_wall']:>9.2f} "
+              f"{r['notes_per_s_cpu']:>8.1f} {r['gold_section_accuracy']:>8.3f} "
+              f"{r['gold_split_recall']:>7.3f} {r['gold_split_precision']:>7.3f} "
+              f"{r['gold_must_not_split_kept']:>8.3f} {r['gold_coverage']:>6.3f} {r['gold_mismatches']:>5d}")
+    if any(r.get("subset") for r in results):
+        print(f"* pySBD ran on the first {args.pysbd_limit} notes only (--pysbd-limit; 0 = all)")
+    print("sections for every backend come from the rules splitter (so section accuracy is the same);"
+          " quality columns are on the gold set")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"corpus": parts, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
