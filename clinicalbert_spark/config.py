@@ -52,7 +52,7 @@ class SegmentConfig(_Section):
 class EncodeConfig(_Section):
     model: str = DEFAULT_MODEL
     revision: Optional[str] = None
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean"] = "mean"  # MLM-only encoders: mean beats [CLS]
     normalize: bool = False
     max_length: int = Field(default=128, ge=8, le=512)
     stride: Optional[int] = None  # window overlap in tokens; None: the encoder's default

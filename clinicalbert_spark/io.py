@@ -235,6 +235,8 @@ def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
     """Read a note corpus and split it into usable notes and rejects (nothing is dropped)."""
     if not cfg.path:
         raise InputError("no input given (--input PATH or input.path)")
+    if cfg.format != "table" and _is_local(cfg.path) and not _local(cfg.path).exists():
+        raise InputError(f"input not found: {cfg.path}")
     fmt = cfg.format if cfg.format != "auto" else infer_format(cfg.path, spark)
     raw = _read_csv(spark, cfg) if fmt == "csv" else read_table(spark, cfg.path, fmt)
 

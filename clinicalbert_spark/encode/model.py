@@ -285,7 +285,32 @@ def _auto_class(task: str):
     }[task]
 
 
+def _quiet_transformers():
+    """transformers 5 prints a load report table and progress bars on every load; each Spark
+    worker would repeat them. Missing/unexpected keys are checked from loading_info instead."""
+    import contextlib
+
+    from transformers.utils import logging as hf_logging
+
+    @contextlib.contextmanager
+    def ctx():
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)
+
+    return ctx()
+
+
 def _from_pretrained(cls, path: Path, task: str, allow_pickle: bool, **extra):
+    with _quiet_transformers():
+        return _from_pretrained_inner(cls, path, task, allow_pickle, **extra)
+
+
+def _from_pretrained_inner(cls, path: Path, task: str, allow_pickle: bool, **extra):
     kwargs = dict(
         use_safetensors=None if allow_pickle else True,
         trust_remote_code=False,
