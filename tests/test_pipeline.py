@@ -110,27 +110,53 @@ def _run_job(args, env_extra=None, timeout=600):
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
-def test_task_failure_retry_and_killed_run_recovery(tiny_bert, notes_csv, tmp_path):
+def test_killed_run_is_recovered_by_rerun(tiny_bert, notes_csv, tmp_path):
     root = tmp_path / "out"
     base = ["--input", str(notes_csv), "--output-root", str(root), "--model", tiny_bert,
-            "--stages", "segment,embed", "--set", "spark.conf={spark.ui.enabled: 'false'}"]
-    # 1) every embed task fails its first attempt; local[2,3] lets Spark retry it.
-    p = _run_job(base + ["--run-id", "a", "--spark.master", "local[2,3]"],
-                 {"CBS_INJECT_FAULT": "embed:first_attempt"})
-    assert p.returncode == 0, p.stderr[-3000:]
-    s, e = _one_row_per_key(root, "parquet")
-    n_sent = len(s)
-    # 2) a run that dies in the embed stage after writing sentences ...
-    shutil.rmtree(root)
-    p = _run_job(base + ["--run-id", "b", "--spark.master", "local[2]"],
-                 {"CBS_INJECT_FAULT": "embed:always"})
+            "--stages", "segment,embed", "--run-id", "b", "--spark.master", "local[2]",
+            "--set", "spark.conf={spark.ui.enabled: 'false'}"]
+    # A run that dies in the embed stage after writing sentences ...
+    p = _run_job(base, {"CBS_INJECT_FAULT": "embed:always"})
     assert p.returncode != 0
-    assert len(_table(root, "sentences", "parquet")) == n_sent
-    assert not (root / "embeddings").exists() or len(_table(root, "embeddings", "parquet")) == 0
-    # ... started again: exactly one row per key in every table.
-    p = _run_job(base + ["--run-id", "b", "--spark.master", "local[2]"])
+    n_sent = len(_table(root, "sentences", "parquet"))
+    assert n_sent > 0
+    assert not (root / "embeddings").exists() or not list((root / "embeddings").rglob("*.parquet"))
+    assert list(_table(root, "runs", "parquet").status) == ["failed"]
+    # ... started again: exactly one row per key in every table, and the run is recorded once.
+    p = _run_job(base)
     assert p.returncode == 0, p.stderr[-3000:]
     s, e = _one_row_per_key(root, "parquet")
     assert len(s) == len(e) == n_sent
-    runs = _table(root, "runs", "parquet")
-    assert list(runs.status) == ["succeeded"]
+    assert list(_table(root, "runs", "parquet").status) == ["succeeded"]
+
+
+def test_reliability_corpus_with_task_retries_and_no_phi_in_logs(tiny_bert, tmp_path):
+    """Bad input end to end, every embed task failing its first attempt (local[2,3] retries)."""
+    from bad_corpus import write_bad_corpus
+
+    csv = tmp_path / "bad.csv"
+    expected = write_bad_corpus(csv, big_note_mb=5.0)
+    root = tmp_path / "out"
+    p = _run_job(["--input", str(csv), "--output-root", str(root), "--model", tiny_bert,
+                  "--stages", "segment,embed,aggregate", "--run-id", "rel",
+                  "--spark.master", "local[2,3]",
+                  "--set", "spark.conf={spark.ui.enabled: 'false'}"],
+                 {"CBS_INJECT_FAULT": "embed:first_attempt", "CBS_LOG_LEVEL": "DEBUG"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    s, e = _one_row_per_key(root, "parquet")
+    rejects = _table(root, "rejects", "parquet")
+    ok = {nid for nid, o in expected["records"] if o == "ok"}
+    assert set(s.note_id) == ok
+    assert sorted(zip(rejects.note_id.fillna(""), rejects.reason)) == sorted(
+        (nid or "", o) for nid, o in expected["records"] if o != "ok")
+    run = _table(root, "runs", "parquet").iloc[0]
+    assert run.input_records == len(expected["records"]) == run.notes + run.rejects
+    assert run.sentences == len(s) and run.sentences_embedded == len(e)
+    assert run.windows > run.sentences_embedded  # the very long sentence needed windows
+    notes = read_csv_notes(csv)
+    assert all(notes[r.note_id][r.start:r.end] == r.text for r in s.itertuples())
+    assert "injected fault" in p.stderr  # the retries really happened
+    logs = p.stdout + p.stderr
+    for phrase in ("presents with 2 days of chest pain", "intermittent pain",
+                   "different note that reuses", "latte drinker", "Hospital 1"):
+        assert phrase not in logs, "note text leaked into the logs"
