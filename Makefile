@@ -30,8 +30,8 @@ demo: $(STAMP)
 	$(BIN)/python -m clinicalbert_spark.query sql --root demo_output \
 	    "SELECT category, section_category, count(*) AS sentences FROM sentences GROUP BY ALL ORDER BY sentences DESC LIMIT 10"
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+test: $(STAMP) airflow-venv
+	CBS_REQUIRE_AIRFLOW=1 $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster and not slow"
@@ -43,4 +43,4 @@ bench: $(STAMP)
 clean:
 	rm -rf demo_output spark-warehouse metastore_db derby.log .pytest_cache
 
--include mk/ops.mk
+include mk/ops.mk

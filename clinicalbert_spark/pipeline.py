@@ -335,6 +335,14 @@ class Pipeline:
             if f.dataType == T.LongType():
                 row[f.name] = int(c.get(f.name, 0))
         df = self.spark.createDataFrame([row], RUNS_SCHEMA)
+        # One row per (run id, stages): the DAG runs each stage as its own job under one run
+        # id, and a re-run of a stage replaces that stage's row only.
+        if io.table_exists(self.spark, self.path("runs"), self.fmt):
+            others = io.read_table(self.spark, self.path("runs"), self.fmt).where(
+                (F.col("run_id") == s.run_id) & (F.col("stages") != row["stages"]))
+            others = others.select(*[c.name for c in RUNS_SCHEMA.fields]).collect()
+            if others:
+                df = self.spark.createDataFrame([row] + [r.asDict() for r in others], RUNS_SCHEMA)
         io.write_table(df.drop("run_id").withColumn("run_id", F.lit(s.run_id)),
                        self.path("runs"), self.fmt, partition_by="run_id",
                        replace_partitions=[s.run_id])

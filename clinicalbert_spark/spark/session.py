@@ -5,7 +5,6 @@ import logging
 import os
 import sys
 
-from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from ..config import SparkConfig
@@ -26,6 +25,11 @@ BASE_CONF = {
 }
 
 
+def under_spark_submit() -> bool:
+    """True inside spark-submit / pyspark shells: they start the JVM and hand us its port."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def get_spark(cfg: SparkConfig) -> SparkSession:
     """Return the active SparkSession or build one from ``cfg``.
 
@@ -33,11 +37,13 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     ``spark.master`` given, the job runs in local mode on every core.
     """
     builder = SparkSession.builder.appName(cfg.app_name)
-    submitted = SparkConf().get("spark.master", None)
-    if cfg.master:
-        builder = builder.master(cfg.master)
-    elif not submitted:
-        builder = builder.master("local[*]")
+    if under_spark_submit():
+        # spark-submit's --master (or spark-defaults) decides; spark.master from a config
+        # file must not silently turn a cluster submit into a local run.
+        if cfg.master:
+            log.info("spark.master=%s ignored: spark-submit chose the master", cfg.master)
+    else:
+        builder = builder.master(cfg.master or "local[*]")
     conf = dict(BASE_CONF)
     conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(cfg.arrow_batch_size)
     conf.update(cfg.conf)
