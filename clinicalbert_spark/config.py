@@ -92,8 +92,8 @@ class SparkConfig(_Section):
 class RunConfig(_Section):
     run_id: Optional[str] = None
     full_refresh: bool = False
-    stages: list[str] = Field(default_factory=lambda: ["segment", "embed"])
-    note_vectors: bool = True
+    # aggregate: note-level vectors (note_embeddings) from the sentence embeddings.
+    stages: list[str] = Field(default_factory=lambda: ["segment", "embed", "aggregate"])
 
     @field_validator("stages", mode="before")
     @classmethod

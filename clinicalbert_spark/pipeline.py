@@ -361,7 +361,7 @@ class Pipeline:
                 self._timed("embed", self.embed)
             if "predict" in stages or self.cfg.predict.enabled:
                 self._timed("predict", self.predict)
-            if "aggregate" in stages or (self.cfg.run.note_vectors and "embed" in stages):
+            if "aggregate" in stages:
                 self._timed("aggregate", self.aggregate)
             self.stats.status = "succeeded"
         except BaseException:

@@ -63,5 +63,5 @@ def test_shipped_configs_validate():
 def test_config_hash_ignores_paths():
     a = PipelineConfig.model_validate({"input": {"path": "/a"}})
     b = PipelineConfig.model_validate({"input": {"path": "/b"}})
-    c = PipelineConfig.model_validate({"encode": {"pooling": "mean"}})
+    c = PipelineConfig.model_validate({"encode": {"pooling": "cls"}})
     assert a.config_hash() == b.config_hash() != c.config_hash()

@@ -291,8 +291,9 @@ def test_stage_commands_run_in_order_on_demo(tmp_path, dagmod):
     for t in ("sentences", "embeddings", "note_embeddings", "runs"):
         ids = {r[0] for r in con.execute(f"SELECT DISTINCT run_id FROM {t}").fetchall()}
         assert ids == {run_id}, (t, ids)
-    # one row per run id: each stage's application rewrites the run's row (the last stage's)
-    assert con.execute("SELECT run_id, stages FROM runs").fetchall() == [(run_id, "aggregate")]
+    # one row per (run id, stage): each stage's application records its own counts
+    rows = con.execute("SELECT run_id, stages, status FROM runs ORDER BY started_at").fetchall()
+    assert rows == [(run_id, st, "succeeded") for st in ("segment", "embed", "aggregate")]
 
     # The query helper on real pipeline output: a sentence's own text, embedded by the table's
     # model, finds that sentence (or an identical one) first.

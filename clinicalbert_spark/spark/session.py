@@ -22,6 +22,11 @@ BASE_CONF = {
     # The model is cached per Python worker: reuse workers across tasks.
     "spark.python.worker.reuse": "true",
     "spark.ui.showConsoleProgress": "false",
+    # Let adaptive execution shrink the 200 default shuffle partitions, cached plans included
+    # (the pipeline persists its intermediate frames).
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.adaptive.coalescePartitions.enabled": "true",
+    "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
 }
 
 
@@ -45,6 +50,9 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     else:
         builder = builder.master(cfg.master or "local[*]")
     conf = dict(BASE_CONF)
+    if not under_spark_submit() and (cfg.master or "local").startswith("local"):
+        # Local mode: a few shuffle partitions per core, not 200 tiny tasks.
+        conf["spark.sql.shuffle.partitions"] = str(4 * (os.cpu_count() or 2))
     conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(cfg.arrow_batch_size)
     conf.update(cfg.conf)
     for k, v in conf.items():
