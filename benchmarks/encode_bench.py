@@ -157,61 +157,51 @@ def run_batched(loaded, sentences, device, cfg):
     }
     if device.type == "cuda":
         out["cuda_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    out["_embeddings"] = res.embeddings
     return out, enc
 
 
 def run_spark(model_dir, sentences, args):
-    """(c) HOOK for the lead's Spark job (clinicalbert_spark.spark.encode).
-
-    Calls ``embed_sentences(df, EncodeConfig(...))`` on a local SparkSession and
-    times ``count()`` of the result. Skipped with a message if the Spark glue is
-    not importable or its signature differs.
+    """(c) The Spark job end to end: ``jobs/embed_sentences.py``'s body (read a Parquet
+    sentences table, encode in ``mapInPandas`` with one model per Python worker, write the
+    embeddings table) on a local SparkSession using every core. The session is started before
+    the clock (a cluster has one already); worker start-up and model loading are inside it.
     """
-    try:
-        from pyspark.sql import SparkSession
+    from clinicalbert_spark.config import PipelineConfig
+    from clinicalbert_spark.jobs_impl import embed_job
+    from clinicalbert_spark.spark.session import get_spark
 
-        from clinicalbert_spark.config import EncodeConfig
-        from clinicalbert_spark.spark import encode as spark_encode
-    except Exception as exc:  # noqa: BLE001
-        print(f"(c) spark: skipped, Spark glue not importable ({type(exc).__name__}: {exc})")
-        return None
-    fn = getattr(spark_encode, "embed_sentences", None) or getattr(spark_encode, "embed_dataframe", None)
-    if fn is None:
-        print("(c) spark: skipped, no embed_sentences/embed_dataframe in clinicalbert_spark.spark.encode")
-        return None
-    try:  # the project's session builder (sets PYSPARK_PYTHON, Arrow, log level)
-        from clinicalbert_spark.config import SparkConfig
-        from clinicalbert_spark.spark.session import get_spark
+    cores = os.cpu_count() or 1
+    cfg = PipelineConfig.model_validate({
+        "encode": {"model": str(model_dir), "pooling": args.pooling,
+                   "max_length": args.max_length, "max_tokens": args.max_tokens,
+                   "precision": args.precision, "compile": args.compile, "device": args.device},
+        "spark": {"master": f"local[{cores}]", "app_name": "encode-bench",
+                  "conf": {"spark.ui.enabled": "false"}},
+    })
+    work = Path(tempfile.mkdtemp(prefix="encode-bench-spark-"))
+    import pandas as pd
 
-        spark = get_spark(SparkConfig(master=f"local[{os.cpu_count()}]", app_name="encode-bench"))
-    except Exception:  # noqa: BLE001 - fall back to a plain local session
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers need this venv
-        spark = (
-            SparkSession.builder.master(f"local[{os.cpu_count()}]")
-            .appName("encode-bench")
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .getOrCreate()
-        )
+    pd.DataFrame({"note_id": [f"n{i // 20}" for i in range(len(sentences))],
+                  "sentence_index": np.arange(len(sentences), dtype=np.int32),
+                  "start": np.zeros(len(sentences), dtype=np.int32),
+                  "end": np.array([len(x) for x in sentences], dtype=np.int32),
+                  "section_category": "other", "text": sentences, "note_hash": "h"}
+                 ).to_parquet(work / "sentences.parquet", index=False)
+    cfg.input.path = str(work / "sentences.parquet")
+    cfg.output.path = str(work / "embeddings")
+    # Each of the `cores` Python workers runs torch on one thread (what the job does on an
+    # executor with one core per task); (b) runs one process on all threads.
+    os.environ["CBS_TORCH_THREADS"] = "1"
+    spark = get_spark(cfg.spark)
     try:
-        rows = [("n0", i, 0, len(s), "other", s, "h") for i, s in enumerate(sentences)]
-        df = spark.createDataFrame(
-            rows, "note_id string, sentence_index int, start int, end int, section_category string, "
-            "text string, note_hash string",
-        )
-        cfg = EncodeConfig(model=str(model_dir), pooling=args.pooling, max_length=args.max_length,
-                           max_tokens=args.max_tokens, precision=args.precision, compile=args.compile,
-                           device=args.device)
-        out, _acc = fn(df, cfg)
-        out.limit(1).count()  # warm-up: starts workers, loads the model once per worker
         t0 = time.perf_counter()
-        n = out.count()
+        embed_job(cfg)
         dt = time.perf_counter() - t0
-    except Exception as exc:  # noqa: BLE001
-        print(f"(c) spark: failed ({type(exc).__name__}: {exc})")
-        return None
+        n = spark.read.parquet(cfg.output.path).count()
     finally:
         spark.stop()
-    return {"sentences": n, "seconds": dt, "sentences_per_s": n / dt}
+    return {"sentences": n, "seconds": dt, "sentences_per_s": n / dt, "workers": cores}
 
 
 def main(argv=None) -> dict:
@@ -229,6 +219,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--spark", action="store_true", help="also time the Spark job (c)")
+    ap.add_argument("--compare-precision", default=None, choices=["fp32", "bf16", "fp16"],
+                    help="also run (b) at this precision (e.g. bf16 on a CPU with AMX) and "
+                         "report its speed and cosine agreement with the first (b)")
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args(argv)
 
@@ -261,6 +254,7 @@ def main(argv=None) -> dict:
               f"({naive['seconds']:.1f} s)")
 
     batched, enc = run_batched(loaded, sentences, device, cfg)
+    base_emb = batched.pop("_embeddings")
     results["batched"] = batched
     results["peak_rss_mib"] = rss_mib()
     print(f"(b) SentenceEncoder, n={batched['sentences']}, budget={batched['max_tokens']} tokens, "
@@ -288,12 +282,34 @@ def main(argv=None) -> dict:
               + (f", MFU {achieved / peak:.1%} of {peak:.0f} TFLOP/s dense" if peak else ""))
     print(mem)
 
+    if args.compare_precision:
+        import dataclasses
+
+        cfg2 = dataclasses.replace(cfg, precision=args.compare_precision)
+        alt, _ = run_batched(loaded, sentences, device, cfg2)
+        emb2 = alt.pop("_embeddings").astype(np.float64)
+        a = base_emb.astype(np.float64)
+        cos = (a * emb2).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(emb2, axis=1))
+        alt["cosine_vs_first_min"], alt["cosine_vs_first_mean"] = float(cos.min()), float(cos.mean())
+        results["batched_alt"] = alt
+        print(f"(b') SentenceEncoder at {alt['precision']}: {alt['sentences_per_s']:8.1f} sentences/s "
+              f"{alt['tokens_per_s']:9.0f} tokens/s ({alt['seconds']:.1f} s); "
+              f"{alt['sentences_per_s'] / batched['sentences_per_s']:.1f}x the first (b); "
+              f"cosine to it: min {cos.min():.4f}, mean {cos.mean():.5f}")
+        if "naive" in results:
+            results["speedup_b_alt_over_a"] = alt["sentences_per_s"] / results["naive"]["sentences_per_s"]
+            print(f"    speed-up (b')/(a): {results['speedup_b_alt_over_a']:.1f}x sentences/s")
+
     if args.spark:
         spark_res = run_spark(model_dir, sentences, args)
         if spark_res:
             results["spark"] = spark_res
-            print(f"(c) Spark job end to end: {spark_res['sentences_per_s']:8.1f} sentences/s "
-                  f"({spark_res['seconds']:.1f} s)")
+            ratio_c = spark_res["sentences_per_s"] / batched["sentences_per_s"]
+            results["spark_over_batched"] = ratio_c
+            print(f"(c) Spark job end to end (read Parquet, encode, write Parquet), "
+                  f"{spark_res['workers']} workers x 1 thread, n={spark_res['sentences']}: "
+                  f"{spark_res['sentences_per_s']:8.1f} sentences/s ({spark_res['seconds']:.1f} s); "
+                  f"(c)/(b) = {ratio_c:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     tmp.cleanup()

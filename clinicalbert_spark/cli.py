@@ -6,6 +6,7 @@ import sys
 from typing import Callable
 
 from .config import ConfigError, PipelineConfig, load_config
+from .encode.errors import EncodeError
 from .logs import setup_logging
 
 log = logging.getLogger("clinicalbert_spark.jobs")
@@ -17,6 +18,7 @@ COMMON_ALIASES = {
     "--no-text": None,  # handled as segment.include_text=false
     "--master": "spark.master",
     "--run-id": "run.run_id",
+    "--allow-pickle": "encode.allow_pickle",
 }
 
 
@@ -35,7 +37,7 @@ def run_job(main: Callable[[PipelineConfig], int], argv: list[str] | None, alias
         return 2
     try:
         return main(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, NotImplementedError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, NotImplementedError, EncodeError) as e:
         # Our own messages name paths and settings, never note text.
         log.error("%s: %s", type(e).__name__, e)
         return 1

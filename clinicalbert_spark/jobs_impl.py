@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 
 from . import io
 from .config import PipelineConfig
+from .models import preflight
 from .pipeline import attach_text, new_run_id, sanitise_run_id
 from .spark.session import get_spark
 
@@ -82,6 +83,7 @@ def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
         raise ValueError("no output given (--output PATH)")
     if not cfg.input.path:
         raise ValueError("no input given (--input SENTENCES)")
+    preflight(cfg.encode.model, cfg.encode.revision, cfg.encode.allow_pickle)
     spark = get_spark(cfg.spark)
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
     sentences = _sentences_with_text(spark, cfg, notes_path)
@@ -114,6 +116,8 @@ def predict_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     out = cfg.output.path
     if not out:
         raise ValueError("no output given (--output PATH)")
+    preflight(cfg.predict.model or cfg.encode.model, cfg.predict.revision or cfg.encode.revision,
+              cfg.encode.allow_pickle)
     spark = get_spark(cfg.spark)
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
     sentences = _sentences_with_text(spark, cfg, notes_path)
@@ -138,6 +142,14 @@ def predict_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
 def pipeline_job(cfg: PipelineConfig) -> int:
     from .pipeline import Pipeline
 
+    if not cfg.output.root:
+        raise ValueError("no output root given (--output-root PATH)")
+    stages = set(cfg.run.stages)
+    if "embed" in stages:
+        preflight(cfg.encode.model, cfg.encode.revision, cfg.encode.allow_pickle)
+    if "predict" in stages or cfg.predict.enabled:
+        preflight(cfg.predict.model or cfg.encode.model,
+                  cfg.predict.revision or cfg.encode.revision, cfg.encode.allow_pickle)
     p = Pipeline(cfg)
     row = p.run()
     c = row

@@ -61,3 +61,23 @@ def _package_version(model: str) -> str | None:
         except PackageNotFoundError:
             continue
     return None
+
+
+def preflight(model: str, revision: str | None = None, allow_pickle: bool = False) -> None:
+    """Fail on the driver, before any task starts, when the model cannot be loaded.
+
+    Checks a local folder for config, weights (safetensors unless pickle is allowed) and
+    tokenizer; resolves a hub id (offline: from the local cache) so a missing download is one
+    clear error instead of a failed task on every executor.
+    """
+    from .encode.model import _check_local_dir, _offline, _resolve_hub
+
+    path = Path(resolve_model_path(model))
+    if path.is_dir():
+        _check_local_dir(path, allow_pickle)
+    elif path.exists() or model.startswith((".", "/", "~")):
+        from .encode import MissingModelFileError
+
+        raise MissingModelFileError(f"model path {model} is not a directory")
+    else:
+        _resolve_hub(model, revision, allow_pickle, _offline(None))

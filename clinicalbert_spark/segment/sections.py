@@ -50,6 +50,7 @@ _COLON_TITLE_RE = re.compile(
 )
 _INLINE_TITLE_RE = re.compile(r"[ \t]*(?P<title>[A-Za-z][A-Za-z /&]{0,40})")
 _MAX_INDENT = 60
+_COMMA_AFTER_RE = re.compile(r"[ \t]*:[ \t]*,")
 _ALONE_TITLE = r"[ \t]*(?P<title>[A-Za-z](?:[A-Za-z \t/&()',\-]|" + _BRACKET + r"){0,58}[A-Za-z)\]])"
 # "(?m)^" is much faster than a look-behind at every position; notes with bare-CR line ends
 # (old Mac) use the slower form.
@@ -146,6 +147,10 @@ def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str 
         while j >= 0 and text[j] in " \t":
             j -= 1
         before = text[j] if j >= 0 else ""
+        if before == "," and j < t_start - 1 and not _COMMA_AFTER_RE.match(text, t_start + len(title)):
+            # MTSamples glues its commas to the title (".,PLAN:,"); "In the ED, VS: T 98" is
+            # prose listing vitals, not a new section.
+            return None
         if cat is not None:
             # After a bare comma only ALL-CAPS titles (MTSamples ",PLAN:") count; "..., Plan: x"
             # in mixed-case prose is too often a phrase.

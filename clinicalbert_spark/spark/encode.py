@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from ..config import EncodeConfig, PredictConfig
-from ..models import model_identity, resolve_model_path
+from ..models import model_identity, preflight, resolve_model_path
 from . import schemas
 
 CHUNK_ROWS = int(os.environ.get("CBS_ENCODE_CHUNK_ROWS", "16384"))
@@ -193,6 +193,17 @@ def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: 
         yield out
 
 
+def _spread(df: DataFrame, partitions: int | None) -> DataFrame:
+    """Give every task slot work: a small sentences table is often one Parquet file, i.e. one
+    partition, which would leave all but one executor core (and GPU share) idle."""
+    if partitions:
+        return df.repartition(partitions)
+    slots = df.sparkSession.sparkContext.defaultParallelism
+    if df.rdd.getNumPartitions() < slots:
+        return df.repartition(slots)
+    return df
+
+
 def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | None = None
                     ) -> tuple[DataFrame, EncodeAccumulators]:
     """Embeddings of every sentence row (``note_id, sentence_index, start, end, text, ...``).
@@ -200,14 +211,13 @@ def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | N
     Returns the DataFrame (``schemas.EMBEDDINGS`` plus ``status``) and accumulators that hold
     padded/real token and OOM-retry counts once an action has run.
     """
+    preflight(cfg.model, cfg.revision, cfg.allow_pickle)
     sc = sentences.sparkSession.sparkContext
     acc = EncodeAccumulators(sc.accumulator(0), sc.accumulator(0), sc.accumulator(0),
                              sc.accumulator(0))
     model_id, revision = model_identity(cfg.model, cfg.revision)
     cols = ["note_id", "sentence_index", "start", "end", "section_category", "text", "note_hash"]
-    df = sentences.select(*cols)
-    if partitions:
-        df = df.repartition(partitions)
+    df = _spread(sentences.select(*cols), partitions)
 
     def fn(it):
         return embed_batches(it, cfg, model_id, revision, acc)
@@ -263,10 +273,9 @@ def predict_sentences(sentences: DataFrame, pcfg: PredictConfig, ecfg: EncodeCon
                       partitions: int | None = None) -> DataFrame:
     model = pcfg.model or ecfg.model
     model_id, revision = model_identity(model, pcfg.revision if pcfg.model else ecfg.revision)
+    preflight(model, revision, ecfg.allow_pickle)
     cols = ["note_id", "sentence_index", "start", "end", "section_category", "text", "note_hash"]
-    df = sentences.select(*cols)
-    if partitions:
-        df = df.repartition(partitions)
+    df = _spread(sentences.select(*cols), partitions)
 
     def fn(it):
         return predict_batches(it, pcfg, ecfg, model_id, revision)

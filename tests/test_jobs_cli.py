@@ -1,0 +1,53 @@
+"""The jobs' command lines: bad flags and unusable models fail fast with one clear line."""
+from __future__ import annotations
+
+import pytest
+
+import jobs_path  # noqa: F401
+import embed_sentences
+import predict
+import run_pipeline
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    rc = embed_sentences.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                               "--model", str(tmp_path / "nope")])
+    assert rc == 1
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_model_folder_without_weights(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    rc = run_pipeline.main(["--input", str(tmp_path), "--output-root", str(tmp_path / "o"),
+                            "--model", str(tmp_path / "m")])
+    assert rc == 1
+    assert "has no weights" in capsys.readouterr().err
+
+
+def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path, capsys):
+    from clinicalbert_spark.testing import build_tiny_bert
+
+    m = build_tiny_bert(tmp_path / "m", save_format="pickle")
+    rc = predict.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                       "--model", str(m)])
+    assert rc == 1
+    assert "pickle" in capsys.readouterr().err
+
+
+def test_hub_id_offline_says_how_to_download(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    rc = embed_sentences.main(["--input", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "emilyalsentzer/Bio_ClinicalBERT" in err and "--model /models/" in err
+
+
+def test_unknown_flag_value(capsys):
+    assert run_pipeline.main(["--stages", "segment,nope"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
