@@ -20,6 +20,12 @@ os.environ.setdefault("CBS_TORCH_THREADS", "1")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test may reach a model hub, whatever the calling environment says."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(scope="session")
 def spark():
     from clinicalbert_spark.config import SparkConfig

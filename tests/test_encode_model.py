@@ -20,10 +20,6 @@ from clinicalbert_spark.testing import build_tiny_bert
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):

@@ -9,10 +9,6 @@ from clinicalbert_spark.encode import EncoderConfig, Predictor, load_model
 from clinicalbert_spark.testing import CLINICAL_WORDS, HEAD_LABELS, build_tiny_bert
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory):

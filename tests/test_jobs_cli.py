@@ -9,10 +9,6 @@ import predict
 import run_pipeline
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 def test_missing_model_folder(tmp_path, capsys):
     rc = embed_sentences.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"),
