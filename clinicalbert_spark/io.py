@@ -274,7 +274,8 @@ def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
         note_id.alias("note_id"),
         opt(cfg.subject_column).alias("subject_id"),
         opt(cfg.hadm_column).alias("hadm_id"),
-        opt(cfg.category_column).alias("category"),
+        # MIMIC-III writes some categories with a trailing space ("Physician ").
+        F.trim(opt(cfg.category_column)).alias("category"),
         F.when(~corrupt, text).alias("text"),  # never carry a corrupt record's raw line
         "source_row",
         reason.alias("reject_reason"),

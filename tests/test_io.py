@@ -117,3 +117,30 @@ def test_parquet_files_are_readable_by_pyarrow(spark, tmp_path):
     spark.createDataFrame([("n", [0.5, 0.25])], "note_id STRING, e ARRAY<FLOAT>").write.parquet(path)
     t = pq.read_table(path)
     assert t.column("e").to_pylist() == [[0.5, 0.25]]
+
+
+def test_delta_input_written_by_delta_rs(spark, tmp_path):
+    import pandas as pd
+    from deltalake import write_deltalake
+
+    path = str(tmp_path / "notes_delta")
+    write_deltalake(path, pd.DataFrame({"ROW_ID": ["1", "2"], "TEXT": ["Pain. Better.", ""]}))
+    write_deltalake(path, pd.DataFrame({"ROW_ID": ["3"], "TEXT": ["Plan: home."]}), mode="append")
+    notes = io.read_notes(spark, InputConfig(path=path))  # format inferred from _delta_log
+    assert sorted(r.note_id for r in notes.notes.collect()) == ["1", "3"]
+    assert [(r.note_id, r.reason) for r in notes.rejects.collect()] == [("2", "empty_text")]
+
+
+def test_catalog_table_input(spark):
+    spark.createDataFrame([(7, "Impression: stable.")], "ROW_ID INT, TEXT STRING") \
+        .createOrReplaceTempView("cbs_notes_view")
+    notes = io.read_notes(spark, InputConfig(path="cbs_notes_view", format="table"))
+    assert [(r.note_id, r.text) for r in notes.notes.collect()] == [("7", "Impression: stable.")]
+    assert io.infer_format("cbs_notes_view", spark) == "table"
+
+
+def test_category_is_trimmed(spark, tmp_path):
+    p = tmp_path / "n.csv"
+    p.write_text('ROW_ID,CATEGORY,TEXT\n1,Physician ,"Plan: rest."\n')
+    notes = io.read_notes(spark, InputConfig(path=str(p)))
+    assert notes.notes.first().category == "Physician"

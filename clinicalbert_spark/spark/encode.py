@@ -9,6 +9,7 @@ across many Arrow batches before forming token-budget batches.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -21,6 +22,8 @@ from pyspark.sql import types as T
 from ..config import EncodeConfig, PredictConfig
 from ..models import model_identity, preflight, resolve_model_path
 from . import schemas
+
+log = logging.getLogger(__name__)
 
 CHUNK_ROWS = int(os.environ.get("CBS_ENCODE_CHUNK_ROWS", "16384"))
 
@@ -172,6 +175,7 @@ def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: 
         inject_fault("embed")
         res = enc.encode(pdf["text"].tolist())
         ok = np.asarray([s == "ok" for s in res.status])
+        # Spark SQL has no half type: float16 vectors are widened (their values stay rounded).
         emb = res.embeddings.astype(np.float32, copy=False)
         out = pd.DataFrame({
             "note_id": pdf["note_id"], "sentence_index": pdf["sentence_index"],
@@ -212,6 +216,9 @@ def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | N
     padded/real token and OOM-retry counts once an action has run.
     """
     preflight(cfg.model, cfg.revision, cfg.allow_pickle)
+    if cfg.embedding_dtype == "float16":
+        log.warning("embedding_dtype=float16: vectors are rounded to half precision, but the "
+                    "table stores array<float> (Spark SQL has no 16-bit float type)")
     sc = sentences.sparkSession.sparkContext
     acc = EncodeAccumulators(sc.accumulator(0), sc.accumulator(0), sc.accumulator(0),
                              sc.accumulator(0))
