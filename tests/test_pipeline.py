@@ -160,3 +160,16 @@ def test_reliability_corpus_with_task_retries_and_no_phi_in_logs(tiny_bert, tmp_
     for phrase in ("presents with 2 days of chest pain", "intermittent pain",
                    "different note that reuses", "latte drinker", "Hospital 1"):
         assert phrase not in logs, "note text leaked into the logs"
+
+
+def test_attach_text_counts_code_points_like_python(spark):
+    from clinicalbert_spark.pipeline import attach_text
+
+    note = "Mood \U0001F600 good. T 37.5\u00b0C \u2265 2. End."
+    parts = ["Mood \U0001F600 good.", "T 37.5\u00b0C \u2265 2.", "End."]
+    spans = [(note.index(p), note.index(p) + len(p)) for p in parts]  # Python code points
+    sents = spark.createDataFrame([("n", "h", i, s, e) for i, (s, e) in enumerate(spans)],
+                                  "note_id STRING, note_hash STRING, sentence_index INT, start INT, `end` INT")
+    notes = spark.createDataFrame([("n", "h", note)], "note_id STRING, note_hash STRING, text STRING")
+    got = [r.text for r in attach_text(sents, notes).orderBy("sentence_index").collect()]
+    assert got == [note[s:e] for s, e in spans]
