@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,7 +334,7 @@ def table_exists(spark: SparkSession, path: str, fmt: str) -> bool:
     return False
 
 
-def _delete_path(spark: SparkSession, path: str) -> None:
+def delete_path(spark: SparkSession, path: str) -> None:
     jvm = spark._jvm  # type: ignore[union-attr]
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
@@ -367,7 +366,7 @@ def write_table(
             writer = writer.partitionBy(partition_by)
         if replace:
             for value in replace:  # partitions the new data does not recreate must still go
-                _delete_path(spark, f"{path.rstrip('/')}/{partition_by}={value}")
+                delete_path(spark, f"{path.rstrip('/')}/{partition_by}={value}")
             writer.mode("append").parquet(path)
         else:
             writer.mode(mode).parquet(path)
@@ -465,8 +464,3 @@ def _parquet_rows(f: Path) -> int:
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(f).metadata.num_rows
-
-
-def ensure_dir(path: str) -> None:
-    if _is_local(path):
-        os.makedirs(_local(path), exist_ok=True)

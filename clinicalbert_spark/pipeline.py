@@ -171,7 +171,7 @@ class Pipeline:
         kept = self.spark.read.parquet(staging)
         io.write_table(kept, self.path(table), self.fmt, partition_by="run_id",
                        replace_partitions=runs)
-        io._delete_path(self.spark, staging)
+        io.delete_path(self.spark, staging)
         log.info("table %s: purged %d rows of changed notes from %d earlier run(s)",
                  table, removed, len(runs))
         return removed

@@ -1,7 +1,6 @@
 """The jobs' command lines: bad flags and unusable models fail fast with one clear line."""
 from __future__ import annotations
 
-import pytest
 
 import jobs_path  # noqa: F401
 import embed_sentences

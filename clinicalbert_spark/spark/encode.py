@@ -8,7 +8,6 @@ across many Arrow batches before forming token-budget batches.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -288,9 +287,3 @@ def predict_sentences(sentences: DataFrame, pcfg: PredictConfig, ecfg: EncodeCon
         return predict_batches(it, pcfg, ecfg, model_id, revision)
 
     return df.mapInPandas(fn, PREDICTIONS)
-
-
-def summary_json(acc: EncodeAccumulators) -> str:
-    return json.dumps({"padded_tokens": acc.padded_tokens.value,
-                       "real_tokens": acc.real_tokens.value,
-                       "oom_retries": acc.oom_retries.value, "batches": acc.batches.value})
