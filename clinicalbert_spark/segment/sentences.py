@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from functools import lru_cache
 
 from .lexicon import (
     ABBREVIATIONS,
@@ -56,6 +57,7 @@ _NONSPACE_RE = re.compile(r"\S")
 _LIST_ITEM_RE = re.compile(r"(?:\d{1,3}[.)](?!\d)|\(?[A-Za-z0-9]\)|[-*\u2022\u00b7+>~=](?=\s)|#)")
 _WORD_RE = re.compile(r"[a-z]+")
 _CAPS_WORD_RE = re.compile(r"[A-Z][A-Z0-9]+\b")
+_TITLE_WORD_RE = re.compile(r"[A-Z][a-z]+[ \t]+[A-Za-z(\[0-9]")  # "Resident for", "Sustained Release"
 _LEADING_PUNCT = "([{\"'\u201c\u2018+-~*"
 
 
@@ -205,7 +207,34 @@ def _newline_splits(text: str, ls: int, pos: int, nl_end: int, cut: int) -> bool
         return False
     if n >= WRAP_CAPS_MIN and _CAPS_WORD_RE.match(text, cut):
         return False
+    if n >= WRAP_CAPS_MIN and nxt.isupper() and _TITLE_WORD_RE.match(text, cut):
+        # A hard-wrapped note (discharge summaries, physician notes: lines cut at a fixed
+        # width) wraps onto capitalised words too ("...present with the ICU\nResident for").
+        raw = len(text[ls:pos].rstrip())
+        width = _hard_wrap_width(text)
+        if width and raw >= width - WRAP_WIDTH_SLACK and ":" not in text[cut:cut + 30]:
+            return False
     return True
+
+
+WRAP_WIDTH_SLACK = 12  # a line within this many characters of the wrap width was wrapped
+
+
+@lru_cache(maxsize=8)
+def _hard_wrap_width(text: str) -> int:
+    """The width the note was hard-wrapped at, or 0 when it was not (free-length lines).
+
+    Hard-wrapped text has many long lines ending within a few characters of one width; text
+    typed with free line lengths (nursing entries, one paragraph per line) does not.
+    """
+    lens = sorted(n for n in map(len, (ln.rstrip() for ln in text.splitlines())) if n >= 50)
+    if len(lens) < 3:
+        return 0
+    width = lens[int(0.9 * (len(lens) - 1))]
+    if width > 120:
+        return 0
+    near = sum(1 for n in lens if width - WRAP_WIDTH_SLACK <= n <= width + 5)
+    return width if near >= 3 and near >= 0.4 * len(lens) else 0
 
 
 def sentence_cuts(text: str, start: int = 0, end: int | None = None) -> list[int]:
