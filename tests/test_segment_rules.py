@@ -272,3 +272,29 @@ def test_errors_do_not_leak_text():
     with pytest.raises(ValueError) as e:
         get_segmenter("no-such-backend")
     assert "no-such-backend" in str(e.value)
+
+
+def test_hard_wrapped_note_wraps_onto_capitalised_word():
+    from clinicalbert_spark.segment import get_segmenter
+
+    line = "   The patient was seen and examined with the covering team and the ICU"
+    filler = "   Labs were reviewed in detail this morning and discussed with the family."
+    text = "\n".join([filler, filler, line, "   Resident for key portions of the exam.", filler])
+    got = [text[s.start:s.end] for s in get_segmenter("rules").segment(text)]
+    assert any(g.startswith("The patient was seen") and g.endswith("of the exam.") for g in got)
+
+
+def test_short_lines_still_split_before_capitals():
+    from clinicalbert_spark.segment import get_segmenter
+
+    text = "Pt comfortable overnight\nFamily in to visit\nWill monitor"
+    got = [text[s.start:s.end] for s in get_segmenter("rules").segment(text)]
+    assert got == ["Pt comfortable overnight", "Family in to visit", "Will monitor"]
+
+
+def test_comma_then_caps_field_in_prose_is_not_a_section():
+    from clinicalbert_spark.segment import get_segmenter
+
+    text = "History of Present Illness:\nIn the ED, VS: T 98.6 HR 110. Given lasix."
+    sents = get_segmenter("rules").segment(text)
+    assert {s.section_category for s in sents} == {"history_of_present_illness"}
