@@ -298,3 +298,13 @@ def test_comma_then_caps_field_in_prose_is_not_a_section():
     text = "History of Present Illness:\nIn the ED, VS: T 98.6 HR 110. Given lasix."
     sents = get_segmenter("rules").segment(text)
     assert {s.section_category for s in sents} == {"history_of_present_illness"}
+
+
+def test_unknown_header_gets_category_of_its_head_words():
+    from clinicalbert_spark.segment.lexicon import guess_category
+
+    assert guess_category("Clinical Assessment") == "assessment"
+    assert guess_category("Respiratory Care") == "respiratory"
+    assert guess_category("INDICATIONS FOR OPERATION") == "indication"
+    assert guess_category("DETAILS OF THE PROCEDURE") == "procedures"
+    assert guess_category("Zebra Crossing") is None

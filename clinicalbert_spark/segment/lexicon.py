@@ -323,6 +323,41 @@ def lookup_header(title: str) -> str | None:
     return None
 
 
+_EMPTY_HEADS = {"description", "details", "detail", "summary", "name", "title", "type", "list"}
+
+
+def guess_category(title: str) -> str | None:
+    """Category of an unknown header whose head words are a known header.
+
+    English puts the head noun last, so the longest known suffix wins ("Clinical
+    Assessment" -> assessment, "Brief Interim Hospital Course" -> hospital_course); then the
+    longest known prefix ("Respiratory Care" -> respiratory). Titles of more than five words
+    are left unknown. Used only for headers already accepted as headers.
+    """
+    words = normalize_title(_PAREN_RE.sub(" ", title)).split()
+    if not 2 <= len(words) <= 5:
+        return None
+    for prep in ("of", "for", "in", "on", "to"):
+        if prep in words[1:-1]:
+            # "Indications for operation": the head is before the preposition.
+            head = words[: words.index(prep)]
+            if " ".join(head) not in _EMPTY_HEADS:  # "Details of the procedure": the tail
+                cat = HEADER_LEXICON.get(" ".join(head)) or guess_category(" ".join(head))
+                if cat is not None:
+                    return cat
+            words = [w for w in words if w not in ("of", "for", "in", "on", "to", "the")]
+            break
+    for k in range(1, len(words)):
+        cat = HEADER_LEXICON.get(" ".join(words[k:]))
+        if cat is not None:
+            return cat
+    for k in range(len(words) - 1, 0, -1):
+        cat = HEADER_LEXICON.get(" ".join(words[:k]))
+        if cat is not None:
+            return cat
+    return None
+
+
 def is_field_name(title: str) -> bool:
     """True when ``title`` is a known ``key: value`` field name (never a header)."""
     key = normalize_title(title)
@@ -413,3 +448,14 @@ CONTINUATION_WORDS: frozenset[str] = frozenset(
     "then also very more less most least showed shows revealed reveals demonstrated "
     "consistent likely possibly probable possible".split()
 )
+
+
+# Operative-report variants the suffix rule would otherwise map to discharge diagnosis.
+for _t in ("preop diagnosis", "postop diagnosis", "pre op diagnosis", "post op diagnosis",
+           "preprocedure diagnosis", "postprocedure diagnosis", "preoperative diagnoses",
+           "postoperative diagnoses", "preop diagnoses", "postop diagnoses"):
+    HEADER_LEXICON.setdefault(_t, "procedures")
+for _t in ("medication history", "home medications", "outpatient medications"):
+    HEADER_LEXICON.setdefault(_t, "medications")
+HEADER_LEXICON.setdefault("procedure details", "procedures")
+HEADER_LEXICON.setdefault("procedure detail", "procedures")

@@ -31,6 +31,7 @@ from typing import NamedTuple
 from .lexicon import (
     PREAMBLE_CATEGORY,
     UNKNOWN_CATEGORY,
+    guess_category,
     is_field_name,
     lookup_header,
     normalize_title,
@@ -259,6 +260,11 @@ def build_sections(text: str, headers: list[Header]) -> list[Section]:
                 parent_cat = cat
         else:
             parent_cat = cat
+        if cat == UNKNOWN_CATEGORY:
+            # "Clinical Assessment", "Respiratory Care": a known header inside the title.
+            cat = guess_category(h.title) or UNKNOWN_CATEGORY
+            if parent_cat == UNKNOWN_CATEGORY:
+                parent_cat = cat
         sections.append(Section(len(sections), h.title, cat, start, end, h.end))
     return sections
 
