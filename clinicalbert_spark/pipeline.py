@@ -211,7 +211,7 @@ class Pipeline:
         # A note the segmenter failed on is a reject, no longer a usable note.
         self.stats.add(rejects=n_err, notes=-n_err)
         if existing is not None:
-            for table in ("sentences", "embeddings", "predictions"):
+            for table in ("sentences", "embeddings", "predictions", "note_embeddings"):
                 if table == "sentences" or io.table_exists(self.spark, self.path(table), self.fmt):
                     self._purge_stale(table, self.notes)
         log.info("segment: %d notes -> %d sentences (%.0f sentences/s), %d notes failed, "
@@ -297,18 +297,21 @@ class Pipeline:
         log.info("predict: %d rows", n)
 
     def aggregate(self) -> None:
-        """Note-level vectors: one per note and one per (note, section category)."""
+        """Note-level vectors: one per note and one per (note, section category).
+
+        Incremental like the other stages: only notes whose ``(note_id, note_hash, model)``
+        has no vector yet are aggregated (all of them on the first run or a full refresh).
+        """
         if not io.table_exists(self.spark, self.path("embeddings"), self.fmt):
             log.info("aggregate: no embeddings table yet; skipped")
             return
         emb = io.read_table(self.spark, self.path("embeddings"), self.fmt)
-        nv = note_vectors(emb)
-        # Derived wholly from embeddings: rebuilt in one go, replacing the previous version.
-        nv = nv.withColumn("run_id", F.lit(self.run_id))
-        nv = self._persist(nv)
-        nv.count()
-        io.write_table(nv, self.path("note_embeddings"), self.fmt, mode="overwrite",
-                       partition_by="run_id")
+        existing = self._existing("note_embeddings")
+        if existing is not None and "note_hash" in existing.columns:
+            done = existing.select("note_id", "note_hash", "model").distinct()
+            emb = emb.join(done, ["note_id", "note_hash", "model"], "left_anti")
+        nv = self._persist(note_vectors(emb))
+        self._write("note_embeddings", nv)
         log.info("aggregate: %d note/section vectors", nv.count())
 
     def write_run(self) -> None:
@@ -395,7 +398,7 @@ def attach_text(sentences: DataFrame, notes: DataFrame) -> DataFrame:
 
 def note_vectors(emb: DataFrame) -> DataFrame:
     """Mean of the sentence vectors per note and per (note, section category)."""
-    keys = ["note_id", "model", "model_revision", "pooling", "dim"]
+    keys = ["note_id", "note_hash", "model", "model_revision", "pooling", "dim"]
     e = emb.where(F.col("embedding").isNotNull()).select(*keys, "section_category", "embedding")
     out_schema = T.StructType([
         T.StructField("note_id", T.StringType()), T.StructField("section_category", T.StringType()),
@@ -403,6 +406,7 @@ def note_vectors(emb: DataFrame) -> DataFrame:
         T.StructField("pooling", T.StringType()), T.StructField("n_sentences", T.IntegerType()),
         T.StructField("dim", T.IntegerType()),
         T.StructField("embedding", T.ArrayType(T.FloatType(), False)),
+        T.StructField("note_hash", T.StringType()),
     ])
 
     def mean(pdf):
@@ -419,6 +423,7 @@ def note_vectors(emb: DataFrame) -> DataFrame:
             "model": first.model, "model_revision": first.model_revision,
             "pooling": first.pooling, "n_sentences": [r[2] for r in rows],
             "dim": int(first.dim), "embedding": [r[1].astype(np.float32) for r in rows],
+            "note_hash": first.note_hash,
         })
 
     return e.groupBy(*keys).applyInPandas(mean, out_schema)

@@ -88,6 +88,12 @@ def test_pipeline_end_to_end_and_incremental(spark, tiny_bert, notes_csv, tmp_pa
     notes3 = read_csv_notes(notes_csv)
     assert all(notes3[r.note_id][r.start:r.end] == r.text for r in s3.itertuples())
     assert set(e3[e3.note_id == changed_id].run_id) == {"r3"}
+    nv3 = _table(root, "note_embeddings", fmt)
+    whole = nv3[nv3.section_category.isna()]
+    assert not whole.duplicated(["note_id", "model"]).any()
+    assert set(whole.note_id) == set(s3.note_id)
+    assert set(whole[whole.note_id.isin([changed_id, "990001"])].run_id) == {"r3"}
+    assert set(whole.run_id) == {"r1", "r3"}  # unchanged notes kept their first vectors
 
     # Re-running the same run id is idempotent.
     Pipeline(_cfg(notes_csv, root, tiny_bert, "r3", fmt), spark).run()
