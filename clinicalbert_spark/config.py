@@ -116,6 +116,12 @@ class PipelineConfig(_Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
+    def predict_model(self) -> tuple[str, Optional[str]]:
+        """(model, revision) of the predict stage: its own model, else the encoder's."""
+        if self.predict.model:
+            return self.predict.model, self.predict.revision
+        return self.encode.model, self.predict.revision or self.encode.revision
+
     def config_hash(self) -> str:
         """A short stable hash of the settings that change results (not paths or Spark tuning)."""
         keep = self.model_dump(include={"segment", "encode", "predict"})

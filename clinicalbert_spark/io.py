@@ -187,8 +187,8 @@ def read_table(spark: SparkSession, path: str, fmt: str = "auto") -> DataFrame:
             df = _add_delta_partition_columns(spark, df, dt, parts)
         return df
     if fmt == "csv":
-        return spark.read.option("header", True).option("multiLine", True).option(
-            "escape", '"').csv(path)
+        raise InputError(f"{path} is a CSV file: output tables are Parquet or Delta "
+                         "(notes CSVs are read by read_notes)")
     raise InputError(f"unknown format {fmt!r}")
 
 

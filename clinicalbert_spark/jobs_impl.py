@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from . import io
 from .config import PipelineConfig
-from .models import preflight
+from .models import preflight, preflight_head
 from .pipeline import attach_text, new_run_id, sanitise_run_id
 from .spark.session import get_spark
 
@@ -62,16 +62,15 @@ def segment_job(cfg: PipelineConfig) -> int:
 
 
 def _sentences_with_text(spark, cfg: PipelineConfig, notes_path: str | None):
-    sentences = io.read_table(spark, cfg.input.path, cfg.input.format
-                              if cfg.input.format in ("parquet", "delta", "table") else "auto")
-    has_text = "text" in sentences.columns and sentences.where(
-        F.col("text").isNotNull()).limit(1).count() > 0
-    if not has_text:
-        if not notes_path:
-            raise ValueError("the sentences table has no text (written with --no-text); "
-                             "pass --notes PATH so the text is re-read from the notes")
+    fmt = cfg.input.format if cfg.input.format in ("parquet", "delta", "table") else "auto"
+    sentences = io.read_table(spark, cfg.input.path, fmt)
+    if notes_path:  # fills the text of rows written with --no-text
         ncfg = cfg.input.model_copy(update={"path": notes_path, "format": "auto"})
-        sentences = attach_text(sentences, io.read_notes(spark, ncfg).notes)
+        return attach_text(sentences, io.read_notes(spark, ncfg).notes)
+    if "text" not in sentences.columns or sentences.where(
+            F.col("text").isNotNull()).limit(1).count() == 0:
+        raise ValueError("the sentences table has no text (written with --no-text); "
+                         "pass --notes PATH so the text is re-read from the notes")
     return sentences
 
 
@@ -116,20 +115,21 @@ def predict_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     out = cfg.output.path
     if not out:
         raise ValueError("no output given (--output PATH)")
-    preflight(cfg.predict.model or cfg.encode.model, cfg.predict.revision or cfg.encode.revision,
-              cfg.encode.allow_pickle)
+    model, revision = cfg.predict_model()
+    preflight_head(model, revision, cfg.encode.allow_pickle, cfg.predict.task)
     spark = get_spark(cfg.spark)
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
     sentences = _sentences_with_text(spark, cfg, notes_path)
     t0 = time.perf_counter()
-    preds = predict_sentences(sentences, cfg.predict, cfg.encode, cfg.spark.partitions)
+    preds = predict_sentences(sentences, model, revision, cfg.predict, cfg.encode,
+                              cfg.spark.partitions)
     preds = preds.persist(StorageLevel.MEMORY_AND_DISK)
     io.write_table(preds.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
                    mode=cfg.output.mode)
     by_status = {r.status: r["count"] for r in preds.groupBy("status").count().collect()}
     task = preds.select("task").where(F.col("task").isNotNull()).limit(1).collect()
     print_summary("predict summary", {
-        "run id": run_id, "model": cfg.predict.model or cfg.encode.model,
+        "run id": run_id, "model": model,
         "task": task[0].task if task else cfg.predict.task,
         "rows": sum(by_status.values()), **{f"  status {k}": v for k, v in by_status.items()},
         "predictions table": f"{out} ({cfg.output.format})",
@@ -148,8 +148,7 @@ def pipeline_job(cfg: PipelineConfig) -> int:
     if "embed" in stages:
         preflight(cfg.encode.model, cfg.encode.revision, cfg.encode.allow_pickle)
     if "predict" in stages or cfg.predict.enabled:
-        preflight(cfg.predict.model or cfg.encode.model,
-                  cfg.predict.revision or cfg.encode.revision, cfg.encode.allow_pickle)
+        preflight_head(*cfg.predict_model(), cfg.encode.allow_pickle, cfg.predict.task)
     p = Pipeline(cfg)
     row = p.run()
     c = row

@@ -63,6 +63,24 @@ def _package_version(model: str) -> str | None:
     return None
 
 
+def preflight_head(model: str, revision: str | None, allow_pickle: bool, task: str = "auto"
+                   ) -> str:
+    """:func:`preflight` for the predict stage: the checkpoint must carry a head.
+
+    Returns the task (``fill-mask``, ``sequence-classification``, ``token-classification``).
+    """
+    from .encode import detect_task
+
+    preflight(model, revision, allow_pickle)
+    found = detect_task(resolve_model_path(model), revision) if task == "auto" else task
+    if found == "embed":
+        raise ValueError(
+            f"model {model} has no prediction head (a bare encoder): predict needs a "
+            "fill-mask or classification checkpoint (--predict.model PATH); use the embed "
+            "stage for vectors")
+    return found
+
+
 def preflight(model: str, revision: str | None = None, allow_pickle: bool = False) -> None:
     """Fail on the driver, before any task starts, when the model cannot be loaded.
 

@@ -252,8 +252,7 @@ class Pipeline:
                 & F.col("model_revision").eqNullSafe(F.lit(revision))
             ).select("note_id", "note_hash").distinct()
             todo = sentences.join(done, ["note_id", "note_hash"], "left_anti")
-        if "text" not in todo.columns or cfg.segment.include_text is False:
-            todo = attach_text(todo, self.notes)
+        todo = attach_text(todo, self.notes)  # rows written with --no-text have none
         t0 = time.perf_counter()
         emb, acc = embed_sentences(todo, cfg.encode, cfg.spark.partitions)
         emb = self._persist(emb)
@@ -280,17 +279,16 @@ class Pipeline:
         cfg = self.cfg
         sentences = self.current_sentences()
         existing = self._existing("predictions")
-        model = cfg.predict.model or cfg.encode.model
-        model_id, revision = resolve_model_identity(model, cfg.predict.revision)
+        model, model_revision = cfg.predict_model()
+        model_id, revision = resolve_model_identity(model, model_revision)
         todo = sentences
         if existing is not None:
             done = existing.where(F.col("model") == model_id).select(
                 "note_id", "note_hash").distinct()
             todo = sentences.join(done, ["note_id", "note_hash"], "left_anti")
-        if "text" not in todo.columns or cfg.segment.include_text is False:
-            todo = attach_text(todo, self.notes)
-        preds = self._persist(predict_sentences(todo, cfg.predict, cfg.encode,
-                                                cfg.spark.partitions))
+        todo = attach_text(todo, self.notes)  # rows written with --no-text have none
+        preds = self._persist(predict_sentences(todo, model, model_revision, cfg.predict,
+                                                cfg.encode, cfg.spark.partitions))
         self._write("predictions", preds)
         n = preds.count()
         self.stats.add(predictions=n)
@@ -387,13 +385,15 @@ def resolve_model_identity(model: str, revision: str | None) -> tuple[str, str |
 
 
 def attach_text(sentences: DataFrame, notes: DataFrame) -> DataFrame:
-    """Re-read sentence text from the notes when the sentences table was written without it."""
-    base = sentences.drop("text") if "text" in sentences.columns else sentences
+    """Fill sentence text that is missing (tables written with ``--no-text``) from the notes.
+
+    Spark's ``substring`` counts code points, as Python's offsets do (its start is 1-based).
+    """
     t = notes.select("note_id", "note_hash", F.col("text").alias("_note_text"))
-    joined = base.join(t, ["note_id", "note_hash"], "left")
-    # Spark's substring counts code points, as Python's offsets do (1-based start).
-    return joined.withColumn(
-        "text", F.expr("substring(_note_text, start + 1, `end` - start)")).drop("_note_text")
+    joined = sentences.join(t, ["note_id", "note_hash"], "left")
+    from_note = F.expr("substring(_note_text, start + 1, `end` - start)")
+    text = F.coalesce(F.col("text"), from_note) if "text" in sentences.columns else from_note
+    return joined.withColumn("text", text).drop("_note_text")
 
 
 def note_vectors(emb: DataFrame) -> DataFrame:

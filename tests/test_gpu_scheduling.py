@@ -6,7 +6,6 @@ encoder uses to pick its device.
 from __future__ import annotations
 
 import json
-import os
 import stat
 import sys
 import textwrap

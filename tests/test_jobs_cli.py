@@ -46,3 +46,13 @@ def test_hub_id_offline_says_how_to_download(tmp_path, capsys, monkeypatch):
 def test_unknown_flag_value(capsys):
     assert run_pipeline.main(["--stages", "segment,nope"]) == 2
     assert "unknown stage" in capsys.readouterr().err
+
+
+def test_predict_with_a_headless_model_is_one_clear_error(tmp_path, capsys):
+    from clinicalbert_spark.testing import build_tiny_bert
+
+    m = build_tiny_bert(tmp_path / "m")  # a bare encoder: no fill-mask or classifier head
+    rc = predict.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                       "--model", str(m)])
+    assert rc == 1
+    assert "has no prediction head" in capsys.readouterr().err

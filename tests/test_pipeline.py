@@ -174,8 +174,10 @@ def test_attach_text_counts_code_points_like_python(spark):
     note = "Mood \U0001F600 good. T 37.5\u00b0C \u2265 2. End."
     parts = ["Mood \U0001F600 good.", "T 37.5\u00b0C \u2265 2.", "End."]
     spans = [(note.index(p), note.index(p) + len(p)) for p in parts]  # Python code points
-    sents = spark.createDataFrame([("n", "h", i, s, e) for i, (s, e) in enumerate(spans)],
-                                  "note_id STRING, note_hash STRING, sentence_index INT, start INT, `end` INT")
+    # The middle row kept its text (written before --no-text was turned on): it is kept.
+    rows = [("n", "h", i, s, e, "kept" if i == 1 else None) for i, (s, e) in enumerate(spans)]
+    sents = spark.createDataFrame(rows, "note_id STRING, note_hash STRING, sentence_index INT, "
+                                        "start INT, `end` INT, text STRING")
     notes = spark.createDataFrame([("n", "h", note)], "note_id STRING, note_hash STRING, text STRING")
     got = [r.text for r in attach_text(sents, notes).orderBy("sentence_index").collect()]
-    assert got == [note[s:e] for s, e in spans]
+    assert got == [note[s:e] if i != 1 else "kept" for i, (s, e) in enumerate(spans)]

@@ -112,7 +112,8 @@ def test_predict_heads(spark, tmp_path, head):
     rows = [("n1", i, 100 * i, 100 * i + len(t or ""), "plan", t, "h") for i, t in enumerate(texts)]
     df = spark.createDataFrame(rows, "note_id STRING, sentence_index INT, start INT, `end` INT, "
                                      "section_category STRING, text STRING, note_hash STRING")
-    out = predict_sentences(df, PredictConfig(top_k=3), EncodeConfig(model=model)).toPandas()
+    out = predict_sentences(df, model, None, PredictConfig(top_k=3),
+                            EncodeConfig(model=model)).toPandas()
     out = out.sort_values("sentence_index").reset_index(drop=True)
     assert (out.task.dropna() == head).all()
     # fill-mask predicts only where the text has a [MASK]; other rows say so.

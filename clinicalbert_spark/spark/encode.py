@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from ..config import EncodeConfig, PredictConfig
-from ..models import model_identity, preflight, resolve_model_path
+from ..models import model_identity, preflight, preflight_head, resolve_model_path
 from . import schemas
 
 log = logging.getLogger(__name__)
@@ -92,31 +92,21 @@ def get_encoder(cfg: EncodeConfig):
     return get_cached(key, factory)
 
 
-def get_predictor(pcfg: PredictConfig, ecfg: EncodeConfig):
+def get_predictor(model: str, revision: str | None, pcfg: PredictConfig, ecfg: EncodeConfig):
+    """The worker's cached Predictor for the checkpoint's head (``pcfg.task`` or detected)."""
     from ..encode import Predictor, get_cached, load_model
 
     device = _task_device(ecfg.device)
-    model = pcfg.model or ecfg.model
-    revision = pcfg.revision if pcfg.model else (pcfg.revision or ecfg.revision)
-    key = ("predictor", pcfg.model_dump_json(), ecfg.model_dump_json(), str(device))
+    key = ("predictor", model, revision, pcfg.model_dump_json(), ecfg.model_dump_json(),
+           str(device))
 
     def factory():
         _limit_threads()
-        task = None if pcfg.task == "auto" else pcfg.task
-        kwargs = {"task": task} if task else {}
-        loaded = load_model(resolve_model_path(model), revision, allow_pickle=ecfg.allow_pickle,
-                            **_auto_task(model, kwargs))
+        loaded = load_model(resolve_model_path(model), revision, task=pcfg.task,
+                            allow_pickle=ecfg.allow_pickle)
         return Predictor(loaded, _encoder_config(ecfg), top_k=pcfg.top_k, device=device)
 
     return get_cached(key, factory)
-
-
-def _auto_task(model: str, kwargs: dict) -> dict:
-    if "task" in kwargs:
-        return kwargs
-    from ..encode import detect_task
-
-    return {"task": detect_task(resolve_model_path(model))}
 
 
 def _limit_threads() -> None:
@@ -235,16 +225,17 @@ def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | N
 # Predictions
 
 
-def predict_batches(batches: Iterator[pd.DataFrame], pcfg: PredictConfig, ecfg: EncodeConfig,
-                    model_id: str, revision: str | None) -> Iterator[pd.DataFrame]:
-    pred = get_predictor(pcfg, ecfg)
-    task = pred.loaded.task if hasattr(pred, "loaded") else pcfg.task
+def predict_batches(batches: Iterator[pd.DataFrame], model: str, revision: str | None,
+                    pcfg: PredictConfig, ecfg: EncodeConfig, model_id: str,
+                    recorded_revision: str | None) -> Iterator[pd.DataFrame]:
+    pred = get_predictor(model, revision, pcfg, ecfg)
+    task = pred.loaded.task
     cols = PREDICTIONS.fieldNames()
     for pdf in _chunks(batches, CHUNK_ROWS):
         results = pred.predict(pdf["text"].tolist())
         rows = []
         for (_, r), res in zip(pdf.iterrows(), results):
-            rows.append(_prediction_row(r, res, task, model_id, revision))
+            rows.append(_prediction_row(r, res, task, model_id, recorded_revision))
         yield pd.DataFrame(rows, columns=cols)
 
 
@@ -275,15 +266,16 @@ def _prediction_row(r, res, task, model_id, revision) -> dict:
     return base
 
 
-def predict_sentences(sentences: DataFrame, pcfg: PredictConfig, ecfg: EncodeConfig,
+def predict_sentences(sentences: DataFrame, model: str, revision: str | None,
+                      pcfg: PredictConfig, ecfg: EncodeConfig,
                       partitions: int | None = None) -> DataFrame:
-    model = pcfg.model or ecfg.model
-    model_id, revision = model_identity(model, pcfg.revision if pcfg.model else ecfg.revision)
-    preflight(model, revision, ecfg.allow_pickle)
+    """Predictions of ``model``'s head for every sentence row (``PREDICTIONS`` schema)."""
+    model_id, recorded_revision = model_identity(model, revision)
+    preflight_head(model, revision, ecfg.allow_pickle, pcfg.task)
     cols = ["note_id", "sentence_index", "start", "end", "section_category", "text", "note_hash"]
     df = _spread(sentences.select(*cols), partitions)
 
     def fn(it):
-        return predict_batches(it, pcfg, ecfg, model_id, revision)
+        return predict_batches(it, model, revision, pcfg, ecfg, model_id, recorded_revision)
 
     return df.mapInPandas(fn, PREDICTIONS)
