@@ -21,6 +21,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .errors import ConfigError  # re-exported: the historical import path
+
 DEFAULT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
 
 
@@ -42,6 +44,10 @@ class InputConfig(_Section):
     encoding: str = "UTF-8"
     # Notes longer than this are rejected ("too_large") rather than risk an executor.
     max_note_chars: int = Field(default=20_000_000, gt=0)
+    # How the source delivers notes (docs/tables.md "State model"):
+    #   upsert   - each input holds new and changed notes; a note absent from it is kept
+    #   snapshot - each input is the whole corpus; a note absent from it is deleted everywhere
+    delivery: Literal["upsert", "snapshot"] = "upsert"
 
 
 class SegmentConfig(_Section):
@@ -91,7 +97,18 @@ class SparkConfig(_Section):
 
 class RunConfig(_Section):
     run_id: Optional[str] = None
+    # Drop every row under the output root and rebuild from this input alone.
     full_refresh: bool = False
+    # Another run holding the output root: wait this long for it, then refuse (exit 75).
+    lock_wait_s: float = Field(default=0.0, ge=0)
+    # A lock whose owner has not refreshed it for this long is taken over (owner crashed).
+    lock_stale_s: float = Field(default=600.0, gt=0)
+    # Snapshot delivery: refuse a run that would delete more than this share of the notes
+    # (a partial extract passed as a snapshot); --full-refresh or a higher value overrides.
+    max_delete_fraction: float = Field(default=0.5, ge=0, le=1)
+    # Private (0700) scratch space for Spark's spill and temp files, which hold note text.
+    # None: $CBS_SCRATCH_DIR, else <system temp>/clinicalbert-spark-<uid>.
+    scratch_dir: Optional[str] = None
     # aggregate: note-level vectors (note_embeddings) from the sentence embeddings.
     stages: list[str] = Field(default_factory=lambda: ["segment", "embed", "aggregate"])
 
@@ -129,8 +146,6 @@ class PipelineConfig(_Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid."""
 
 
 # --------------------------------------------------------------------------------------------

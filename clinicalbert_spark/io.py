@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .config import InputConfig
+from .errors import InputError  # re-exported: the historical import path
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,6 @@ REJECTS_SCHEMA = T.StructType([
     T.StructField("detail", T.StringType()),
 ])
 
-
-class InputError(ValueError):
-    """The input path, format or columns are not usable."""
 
 
 # --------------------------------------------------------------------------------------------
