@@ -92,6 +92,9 @@ class SparkConfig(_Section):
     # Rows per Arrow batch sent to the pandas UDFs (segmentation and encoding).
     arrow_batch_size: int = Field(default=2000, gt=0)
     partitions: Optional[int] = Field(default=None, gt=0)  # repartition notes/sentences first
+    # Private (0700) scratch space for Spark's spill and temp files, which hold note text.
+    # None: $CBS_SCRATCH_DIR, else <system temp>/clinicalbert-spark-<uid>.
+    scratch_dir: Optional[str] = None
     conf: dict[str, str] = Field(default_factory=dict)
 
 
@@ -106,9 +109,6 @@ class RunConfig(_Section):
     # Snapshot delivery: refuse a run that would delete more than this share of the notes
     # (a partial extract passed as a snapshot); --full-refresh or a higher value overrides.
     max_delete_fraction: float = Field(default=0.5, ge=0, le=1)
-    # Private (0700) scratch space for Spark's spill and temp files, which hold note text.
-    # None: $CBS_SCRATCH_DIR, else <system temp>/clinicalbert-spark-<uid>.
-    scratch_dir: Optional[str] = None
     # aggregate: note-level vectors (note_embeddings) from the sentence embeddings.
     stages: list[str] = Field(default_factory=lambda: ["segment", "embed", "aggregate"])
 
