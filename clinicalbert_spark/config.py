@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -172,6 +174,13 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+def _get_dotted(d: dict, dotted: str) -> dict:
+    cur: Any = d
+    for p in dotted.split("."):
+        cur = cur.get(p) if isinstance(cur, dict) else None
+    return cur if isinstance(cur, dict) else {}
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -191,6 +200,90 @@ def _parse_scalar(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+_NULL_WORDS = ("null", "Null", "NULL", "~")
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
+
+
+def _union_args(ann: Any) -> tuple[Any, ...]:
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        return typing.get_args(ann)
+    return (ann,)
+
+
+def _is_text_type(ann: Any) -> bool:
+    """``str`` or a ``Literal`` of strings."""
+    if ann is str:
+        return True
+    if typing.get_origin(ann) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(ann))
+    return False
+
+
+def _text_field(ann: Any) -> tuple[bool, bool]:
+    """(is the field text, may it be None): str, Optional[str], Literal["a", "b"] ..."""
+    args = _union_args(ann)
+    optional = type(None) in args
+    rest = [a for a in args if a is not type(None)]
+    return bool(rest) and all(_is_text_type(a) for a in rest), optional
+
+
+def _annotation_of(dotted: str) -> Any:
+    """The annotation of a dotted key; for a key inside a dict field, the dict's value type.
+
+    None when the key is unknown (validation reports it).
+    """
+    model: Any = PipelineConfig
+    parts = dotted.split(".")
+    for i, name in enumerate(parts):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(name)
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+            continue
+        rest = parts[i + 1:]
+        if not rest:
+            return ann
+        args = [a for a in _union_args(ann) if a is not type(None)]
+        if len(args) == 1 and typing.get_origin(args[0]) is dict:
+            return typing.get_args(args[0])[1]  # spark.conf.<key> -> str
+        return None
+    return None
+
+
+def _dict_field_key(dotted: str) -> tuple[str, str] | None:
+    """``spark.conf.spark.executor.memory`` -> ("spark.conf", "spark.executor.memory"):
+    the keys of a dict field (Spark settings) hold dots themselves."""
+    for path, ann in _field_paths(PipelineConfig):
+        if dotted.startswith(path + "."):
+            args = [a for a in _union_args(ann) if a is not type(None)]
+            if len(args) == 1 and typing.get_origin(args[0]) is dict:
+                return path, dotted[len(path) + 1:]
+    return None
+
+
+def _cli_value(dotted: str, text: str, ann: Any = None) -> Any:
+    """A command-line value for ``dotted``: text fields take it verbatim, others as YAML.
+
+    ``--run-id 2024-01-01`` and ``--run-id 007`` stay strings (YAML would make a date and 7);
+    ``null`` / ``~`` still mean None for an optional text field.
+    """
+    if ann is None:
+        ann = _annotation_of(dotted)
+    is_text, optional = _text_field(ann)
+    if not is_text:
+        numeric = {int, float} & set(_union_args(ann))
+        if numeric and _DECIMAL.fullmatch(text.strip()):
+            return int(text.strip())  # "064" is 64, not YAML 1.1's octal 52
+        return _parse_scalar(text)
+    if optional and text.strip() in _NULL_WORDS:
+        return None
+    return text
 
 
 def _field_paths(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
@@ -244,15 +337,22 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
     data: dict = {}
     for path in ns.config or []:
         data = _deep_merge(data, read_yaml(path))
-    for dotted, _ in _field_paths(PipelineConfig):
+    for dotted, ann in _field_paths(PipelineConfig):
         v = getattr(ns, dotted, None)
         if v is not None:
-            _set_dotted(data, dotted, _parse_scalar(v) if isinstance(v, str) else v)
+            _set_dotted(data, dotted, _cli_value(dotted, v, ann) if isinstance(v, str) else v)
     for item in ns.set or []:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        _set_dotted(data, k.strip(), _parse_scalar(v))
+        k = k.strip()
+        value = _cli_value(k, v)
+        in_dict = _dict_field_key(k)
+        if in_dict:
+            path, key = in_dict
+            _set_dotted(data, path, {**_get_dotted(data, path), key: value})
+        else:
+            _set_dotted(data, k, value)
     return validate(data)
 
 
