@@ -168,7 +168,7 @@ def run_spark(model_dir, sentences, args):
     the clock (a cluster has one already); worker start-up and model loading are inside it.
     """
     from clinicalbert_spark.config import PipelineConfig
-    from clinicalbert_spark.jobs_impl import embed_job
+    from clinicalbert_spark.commands import embed_job
     from clinicalbert_spark.spark.session import get_spark
 
     cores = os.cpu_count() or 1

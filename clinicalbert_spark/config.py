@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError  # re-exported: the historical import path
 
-DEFAULT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
+from .models import DEFAULT_MODEL  # noqa: E402  (re-exported)
 
 
 class _Section(BaseModel):

@@ -12,6 +12,9 @@ from pathlib import Path
 
 PKG_PREFIX = "pkg:"
 
+#: The production model (the one definition; config and the encoder import it).
+DEFAULT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
+
 
 def resolve_model_path(model: str) -> str:
     """The string to hand to ``load_model``: a hub id or local path, ``pkg:`` resolved."""

@@ -7,7 +7,7 @@ sentences table was written with --no-text.
 import sys
 
 from clinicalbert_spark.cli import pop_flag, run_job
-from clinicalbert_spark.jobs_impl import embed_job
+from clinicalbert_spark.commands import embed_job
 
 ALIASES = {"--output": "output.path", "--model": "encode.model",
            "--revision": "encode.revision", "--pooling": "encode.pooling",

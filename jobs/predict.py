@@ -7,7 +7,7 @@ table; token-classification spans are written as offsets into the original note.
 import sys
 
 from clinicalbert_spark.cli import pop_flag, run_job
-from clinicalbert_spark.jobs_impl import predict_job
+from clinicalbert_spark.commands import predict_job
 
 ALIASES = {"--output": "output.path", "--model": "encode.model",
            "--revision": "encode.revision", "--task": "predict.task", "--top-k": "predict.top_k",

@@ -7,7 +7,7 @@ rejects and a runs table, incremental (only new or changed notes) and idempotent
 import sys
 
 from clinicalbert_spark.cli import run_job
-from clinicalbert_spark.jobs_impl import pipeline_job
+from clinicalbert_spark.commands import pipeline_job
 
 ALIASES = {"--output-root": "output.root", "--model": "encode.model",
            "--revision": "encode.revision", "--pooling": "encode.pooling",

@@ -6,7 +6,7 @@ sections and exact character offsets; rejected records go to SENTENCES_rejects.
 import sys
 
 from clinicalbert_spark.cli import run_job
-from clinicalbert_spark.jobs_impl import segment_job
+from clinicalbert_spark.commands import segment_job
 
 ALIASES = {"--output": "output.path", "--backend": "segment.backend"}
 

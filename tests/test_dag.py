@@ -58,7 +58,7 @@ def test_sanitized_id_is_what_the_pipeline_keeps(dagmod):
     """The pipeline sanitises run ids too: ours must come out unchanged, so the id the DAG
     passes is the id in the tables."""
     try:
-        from clinicalbert_spark.pipeline import sanitise_run_id
+        from clinicalbert_spark.state import sanitise_run_id
     except ImportError:
         pytest.skip("clinicalbert_spark.pipeline not available")
     for rid in ("scheduled__2026-01-01T00:00:00+00:00", "manual__x y/z", "dataset_triggered__ü"):

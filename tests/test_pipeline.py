@@ -169,7 +169,7 @@ def test_reliability_corpus_with_task_retries_and_no_phi_in_logs(tiny_bert, tmp_
 
 
 def test_attach_text_counts_code_points_like_python(spark):
-    from clinicalbert_spark.pipeline import attach_text
+    from clinicalbert_spark.spark.text import attach_text
 
     note = "Mood \U0001F600 good. T 37.5\u00b0C \u2265 2. End."
     parts = ["Mood \U0001F600 good.", "T 37.5\u00b0C \u2265 2.", "End."]

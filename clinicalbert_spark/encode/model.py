@@ -28,7 +28,7 @@ __all__ = ["LoadedModel", "load_model", "detect_task", "TASKS", "DEFAULT_MODEL"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
+from ..models import DEFAULT_MODEL  # noqa: E402
 TASKS = ("embed", "fill-mask", "sequence-classification", "token-classification")
 
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")

@@ -20,36 +20,19 @@ from pyspark.sql import types as T
 
 from ..config import EncodeConfig, PredictConfig
 from ..models import model_identity, preflight, preflight_head, resolve_model_path
-from . import schemas
+from .. import schemas
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = int(os.environ.get("CBS_ENCODE_CHUNK_ROWS", "16384"))
 
+# What the UDFs emit: the table's columns less the fingerprint the stage stamps on.
 EMBED_UDF_OUTPUT = T.StructType(
-    [T.StructField(f.name, f.dataType, True) for f in schemas.EMBEDDINGS.fields]
-    + [T.StructField("status", T.StringType())]
+    [T.StructField(f.name, f.dataType, True) for f in schemas.EMBEDDINGS.fields
+     if f.name != "fingerprint"] + [T.StructField("status", T.StringType())]
 )
-
-PREDICTIONS = T.StructType([
-    T.StructField("note_id", T.StringType()), T.StructField("sentence_index", T.IntegerType()),
-    T.StructField("start", T.IntegerType()), T.StructField("end", T.IntegerType()),
-    T.StructField("section_category", T.StringType()), T.StructField("model", T.StringType()),
-    T.StructField("model_revision", T.StringType()), T.StructField("task", T.StringType()),
-    T.StructField("label", T.StringType()), T.StructField("score", T.FloatType()),
-    # Per-class probabilities (sequence classification): {"label": p, ...}
-    T.StructField("probabilities", T.MapType(T.StringType(), T.FloatType())),
-    # Token classification: entity spans as offsets into the NOTE; fill-mask: [MASK] spans.
-    T.StructField("spans", T.ArrayType(T.StructType([
-        T.StructField("start", T.IntegerType()), T.StructField("end", T.IntegerType()),
-        T.StructField("label", T.StringType()), T.StructField("score", T.FloatType()),
-        # fill-mask: top-k candidate tokens for this [MASK] as [{"token":..,"score":..}]
-        T.StructField("candidates", T.ArrayType(T.StructType([
-            T.StructField("token", T.StringType()), T.StructField("score", T.FloatType())]))),
-    ]))),
-    T.StructField("status", T.StringType()),
-    T.StructField("note_hash", T.StringType()),
-])
+PREDICT_UDF_OUTPUT = T.StructType(
+    [f for f in schemas.PREDICTIONS.fields if f.name != "fingerprint"])
 
 
 @dataclass
@@ -230,7 +213,7 @@ def predict_batches(batches: Iterator[pd.DataFrame], model: str, revision: str |
                     recorded_revision: str | None) -> Iterator[pd.DataFrame]:
     pred = get_predictor(model, revision, pcfg, ecfg)
     task = pred.loaded.task
-    cols = PREDICTIONS.fieldNames()
+    cols = PREDICT_UDF_OUTPUT.fieldNames()
     for pdf in _chunks(batches, CHUNK_ROWS):
         results = pred.predict(pdf["text"].tolist())
         rows = []
@@ -269,7 +252,7 @@ def _prediction_row(r, res, task, model_id, revision) -> dict:
 def predict_sentences(sentences: DataFrame, model: str, revision: str | None,
                       pcfg: PredictConfig, ecfg: EncodeConfig,
                       partitions: int | None = None) -> DataFrame:
-    """Predictions of ``model``'s head for every sentence row (``PREDICTIONS`` schema)."""
+    """Predictions of ``model``'s head for every sentence row (``schemas.PREDICTIONS`` less ``fingerprint``)."""
     model_id, recorded_revision = model_identity(model, revision)
     preflight_head(model, revision, ecfg.allow_pickle, pcfg.task)
     cols = ["note_id", "sentence_index", "start", "end", "section_category", "text", "note_hash"]
@@ -278,4 +261,4 @@ def predict_sentences(sentences: DataFrame, model: str, revision: str | None,
     def fn(it):
         return predict_batches(it, model, revision, pcfg, ecfg, model_id, recorded_revision)
 
-    return df.mapInPandas(fn, PREDICTIONS)
+    return df.mapInPandas(fn, PREDICT_UDF_OUTPUT)

@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..segment import get_segmenter
-from . import schemas
+from .. import schemas
 
 _SEGMENTERS: dict[str, object] = {}  # one per Python worker, reused across tasks
 
@@ -93,7 +93,7 @@ def segment_notes(notes: DataFrame, backend: str = "rules", include_text: bool =
 def split_segment_output(out: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(sentences, rejects) from the UDF output."""
     sentences = out.where(F.col("error").isNull()).select(
-        *[F.col(f.name) for f in schemas.SENTENCES.fields])
+        *[F.col(f.name) for f in schemas.SENTENCES.fields if f.name != "fingerprint"])
     rejects = out.where(F.col("error").isNotNull()).select(
         "note_id", F.lit("segmentation_error").alias("reason"), "source_row",
         F.col("error").alias("detail"))

@@ -1,4 +1,4 @@
-"""The bodies of the single-stage jobs (``jobs/segment_notes.py``, ``embed_sentences.py``,
+"""The bodies of the command-line jobs: the single-stage jobs (``jobs/segment_notes.py``, ``embed_sentences.py``,
 ``predict.py``). Each writes one table (overwrite) plus its run summary; the incremental,
 multi-table run lives in :mod:`clinicalbert_spark.pipeline`."""
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pyspark.sql import functions as F
 from . import io
 from .config import PipelineConfig
 from .models import preflight, preflight_head
-from .pipeline import attach_text, new_run_id, sanitise_run_id
+from .spark.text import attach_text
+from .state import new_run_id, sanitise_run_id
 from .spark.session import get_spark
 
 log = logging.getLogger("clinicalbert_spark.jobs")
@@ -150,15 +151,17 @@ def pipeline_job(cfg: PipelineConfig) -> int:
     if "predict" in stages or cfg.predict.enabled:
         preflight_head(*cfg.predict_model(), cfg.encode.allow_pickle, cfg.predict.task)
     p = Pipeline(cfg)
-    row = p.run()
-    c = row
-    print_summary(f"run {row['run_id']} {row['status']}", {
+    c = p.run()
+    print_summary(f"run {c['run_id']} {c['status']}", {
         "input records": c["input_records"], "notes usable": c["notes"],
         "notes segmented (new or changed)": c["notes_segmented"],
         "notes unchanged (skipped)": c["notes_unchanged"],
+        "notes changed": c["notes_changed"], "notes deleted": c["notes_deleted"],
         "rejects (this run's input)": c["rejects"], "sentences written": c["sentences"],
+        "sentences removed (stale)": c["sentences_removed"],
         "sentences embedded": c["sentences_embedded"], "tokens": c["tokens"],
         "windows": c["windows"], "predictions": c["predictions"],
+        "note vectors": c["note_vectors"],
         "padding efficiency": "-" if c["padding_efficiency"] is None
         else f"{c['padding_efficiency']:.3f}",
         "tokens/s": "-" if c["tokens_per_s"] is None else f"{c['tokens_per_s']:.0f}",
