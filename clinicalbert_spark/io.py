@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from . import csv_source
 from .config import InputConfig
 from .errors import InputError  # re-exported: the historical import path
 
@@ -84,7 +86,7 @@ def is_delta_path(path: str) -> bool:
 def infer_format(path: str, spark: SparkSession | None = None) -> str:
     """Guess ``csv``, ``parquet``, ``delta`` or ``table`` from a path or table name."""
     low = path.lower().rstrip("/")
-    if low.endswith((".csv", ".csv.gz", ".csv.bz2", ".tsv")):
+    if low.endswith(csv_source.CSV_SUFFIXES):
         return "csv"
     if low.endswith(".parquet"):
         return "parquet"
@@ -96,7 +98,7 @@ def infer_format(path: str, spark: SparkSession | None = None) -> str:
             names = [q.name.lower() for q in p.rglob("*") if q.is_file()]
             if any(n.endswith(".parquet") for n in names):
                 return "parquet"
-            if any(n.endswith((".csv", ".csv.gz")) for n in names):
+            if any(n.endswith(csv_source.CSV_SUFFIXES) for n in names):
                 return "csv"
             raise InputError(f"cannot tell the format of folder {path}; pass --input-format")
         if p.exists():
@@ -128,31 +130,14 @@ class Notes:
     rejects: DataFrame  # REJECTS_SCHEMA
 
 
-def _read_csv(spark: SparkSession, cfg: InputConfig) -> DataFrame:
-    # Read the header first so that any column layout works, then pin every column to string:
-    # ids stay exactly as written ("00123") and a bad value cannot null out a whole row.
-    header = (
-        spark.read.option("header", True).option("multiLine", True).option("escape", '"')
-        .option("encoding", cfg.encoding).csv(cfg.path).columns
-    )
-    if not header:
-        raise InputError(f"CSV input {cfg.path} has no header row")
-    schema = T.StructType(
-        [T.StructField(c, T.StringType()) for c in header]
-        + [T.StructField(CORRUPT_COLUMN, T.StringType())]
-    )
-    return (
-        spark.read.schema(schema)
-        .option("header", True)
-        .option("multiLine", True)  # MIMIC TEXT fields hold newlines inside quotes
-        .option("escape", '"')  # "" inside a quoted field is a literal quote
-        .option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
-        .option("encoding", cfg.encoding)
-        .option("nullValue", None)
-        .option("emptyValue", "")
-        .csv(cfg.path)
-    )
+def _read_csv(spark: SparkSession, cfg: InputConfig) -> csv_source.CsvLayout:
+    """The files and header row of a CSV input (the records are read by :func:`read_notes`).
+
+    CSV notes are read with Python's csv module (:mod:`clinicalbert_spark.csv_source`), not
+    Spark's CSV reader, which rewrites ``\\r\\n`` inside quoted text of a Windows export and
+    cannot tell a stored U+FFFD from an undecodable byte.
+    """
+    return csv_source.csv_layout(cfg.path, cfg.encoding)
 
 
 def read_table(spark: SparkSession, path: str, fmt: str = "auto") -> DataFrame:
@@ -228,56 +213,279 @@ def _normalise_uri(uri: str) -> str:
     return "/" + uri.lstrip("/") if not urlparse(uri).scheme else uri
 
 
+CSV_FILE_ROW_STRIDE = csv_source.FILE_ROW_STRIDE  # source_row of a CSV record: file * stride + i
+ISERROR_TRUE = ("1", "1.0", "true", "t", "y", "yes")  # ISERROR spellings that mean "in error"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .-]{0,63}$")
+# (role, config key, required, output column)
+_ROLES = (
+    ("id", "id_column", True, "note_id"),
+    ("text", "text_column", True, "text"),
+    ("subject", "subject_column", False, "subject_id"),
+    ("hadm", "hadm_column", False, "hadm_id"),
+    ("category", "category_column", False, "category"),
+    ("iserror", "iserror_column", False, "iserror"),
+)
+
+
+def _look_like_names(names: list[str]) -> bool:
+    """True when every name looks like a column name, so that listing them shows no data
+    (the "header" of a header-less CSV is a note's first record)."""
+    return bool(names) and all(_IDENTIFIER.match(n) for n in names)
+
+
+def _shown(names: list[str]) -> str:
+    return repr(names[:30] + (["..."] if len(names) > 30 else []))
+
+
+def _missing_columns_message(missing: list[str], names: list[str], fmt: str) -> str:
+    fix = "Set input.id_column / input.text_column for non-MIMIC corpora."
+    if _look_like_names(names):
+        return f"input lacks column(s) {missing}; found {_shown(names)}. {fix}"
+    if fmt == "csv":
+        return (f"input lacks column(s) {missing}: the first line of the CSV has {len(names)} "
+                "fields that do not all look like column names; a header row naming the "
+                f"columns is required. {fix}")
+    return (f"input lacks column(s) {missing}; its {len(names)} column names are not shown "
+            f"(not all look like names). {fix}")
+
+
+def _resolve_columns(names: list[str], cfg: InputConfig, fmt: str) -> dict[str, int | None]:
+    """Position of each configured column: the exact name first, else the one column whose
+    name differs only by case. A configured optional column that is absent is logged once."""
+    found: dict[str, int | None] = {}
+    for role, key, _required, _out in _ROLES:
+        want = getattr(cfg, key)
+        if not want:
+            found[role] = None
+            continue
+        exact = [i for i, n in enumerate(names) if n == want]
+        if len(exact) > 1:
+            raise InputError(f"input.{key} {want!r} names {len(exact)} columns of the input; "
+                             "column names must be unique")
+        if exact:
+            found[role] = exact[0]
+            continue
+        folded = [i for i, n in enumerate(names) if n.casefold() == want.casefold()]
+        if len(folded) > 1:
+            which = _shown([names[i] for i in folded]) if _look_like_names(names) else (
+                f"{len(folded)} columns")
+            raise InputError(f"input.{key} {want!r} matches columns that differ only by case "
+                             f"({which}); set input.{key} to one of them exactly")
+        found[role] = folded[0] if folded else None
+    missing = [getattr(cfg, key) for role, key, required, _ in _ROLES
+               if required and found[role] is None]
+    if missing:
+        raise InputError(_missing_columns_message(missing, names, fmt))
+    for role, key, required, out in _ROLES:
+        if not required and getattr(cfg, key) and found[role] is None:
+            log.warning("input.%s %r is not a column of the input; %s is null for every note",
+                        key, getattr(cfg, key), out)
+    return found
+
+
+def _string_of(c: Column, dt: T.DataType) -> tuple[Column, Column | None]:
+    """(the value as a string, whether its bytes are valid UTF-8 or None when always valid).
+
+    Binary and string columns keep their bytes as they are (a Parquet string may hold invalid
+    UTF-8); integral floats (pandas writes ids with a NaN as float64) become integer strings.
+    """
+    if isinstance(dt, T.StringType):
+        return c, F.is_valid_utf8(c)
+    if isinstance(dt, T.BinaryType):
+        s = c.cast("string")  # the same bytes, not validated
+        return s, F.is_valid_utf8(s)
+    if isinstance(dt, (T.FloatType, T.DoubleType)):
+        integral = (F.abs(c) < 1e15) & (c == F.round(c, 0))
+        return (F.when(F.isnan(c), F.lit(None).cast("string"))
+                .when(integral, c.cast("long").cast("string"))
+                .otherwise(c.cast("string"))), None
+    if isinstance(dt, T.DecimalType) and dt.scale > 0:
+        return F.when(c == F.floor(c), F.floor(c).cast("string")).otherwise(c.cast("string")), None
+    if isinstance(dt, (T.ArrayType, T.MapType, T.StructType)):
+        return F.to_json(c), None
+    return c.cast("string"), None
+
+
+def _iserror_of(c: Column, dt: T.DataType) -> Column:
+    """True when the flag is numerically 1 or one of :data:`ISERROR_TRUE` (any case)."""
+    if isinstance(dt, T.BooleanType):
+        flag = c
+    elif isinstance(dt, T.NumericType):
+        flag = c == 1
+    elif isinstance(dt, (T.StringType, T.BinaryType)):
+        s = F.trim(c.cast("string"))
+        flag = F.lower(s).isin(*ISERROR_TRUE) | (s.try_cast("double") == 1)
+    else:
+        flag = F.lit(False)
+    return F.coalesce(flag, F.lit(False))
+
+
+def _error_condition(e: BaseException) -> str | None:
+    """Spark's error condition (``PATH_NOT_FOUND``...): a name, never a data value."""
+    for attr in ("getCondition", "getErrorClass"):
+        get = getattr(e, attr, None)
+        if get is not None:
+            try:
+                cond = get()
+            except Exception:  # noqa: BLE001
+                cond = None
+            if cond:
+                return str(cond)
+    try:
+        m = re.search(r"\[([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\]", str(e))
+    except Exception:  # noqa: BLE001
+        return None
+    return m.group(1) if m else None
+
+
+def _check_parquet_files(path: str) -> None:
+    """Refuse a local file that is no Parquet file before Spark reads it: Spark's error quotes
+    the file's last bytes, which may be note text."""
+    root = _local(path)
+    if root.is_file():
+        files = [root]
+    else:
+        files = [f for f in sorted(root.rglob("*")) if f.is_file() and not any(
+            part.startswith((".", "_")) for part in f.relative_to(root).parts)]
+    for f in files:
+        try:
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                head = fh.read(4)
+                fh.seek(max(size - 4, 0))
+                tail = fh.read(4)
+        except OSError as e:
+            raise InputError(f"cannot read input file {f}: {e.strerror or type(e).__name__}"
+                             ) from None
+        if size < 12 or head not in (b"PAR1", b"PARE") or tail not in (b"PAR1", b"PARE"):
+            raise InputError(f"{f} is not a Parquet file; remove it from the input or pass "
+                             "--input-format")
+
+
+def _read_input_table(spark: SparkSession, path: str, fmt: str) -> DataFrame:
+    """``read_table`` for a note input: any failure to read it is one line naming no data."""
+    if fmt in ("parquet", "delta"):
+        # pandas writes datetime64[ns] as TIMESTAMP(NANOS), which Spark refuses unless it may
+        # read such columns as longs; note inputs never need them as timestamps.
+        key = "spark.sql.legacy.parquet.nanosAsLong"
+        if spark.conf.get(key, "false").lower() != "true":
+            spark.conf.set(key, "true")
+            log.info("reading Parquet TIMESTAMP(NANOS) columns as longs (%s)", key)
+    if fmt == "parquet" and _is_local(path) and _local(path).exists():
+        _check_parquet_files(path)
+    try:
+        df = read_table(spark, path, fmt)
+        df.schema  # noqa: B018 - resolve the schema now, inside the try
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Spark, py4j and delta-rs raise many types
+        cond = _error_condition(e)
+        if cond == "PATH_NOT_FOUND":
+            msg = f"input not found: {path}"
+        elif cond and cond.startswith("COLUMN_ALREADY_EXISTS"):
+            msg = (f"{fmt} input {path} has columns whose names differ only by case; "
+                   "Spark cannot read it: rename one of them")
+        elif cond == "UNABLE_TO_INFER_SCHEMA":
+            msg = f"{fmt} input {path} holds no data files"
+        else:
+            msg = (f"cannot read {fmt} input {path} ({cond or type(e).__name__}); check the "
+                   "path and --input-format")
+        raise InputError(msg) from None
+    return df
+
+
 def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
-    """Read a note corpus and split it into usable notes and rejects (nothing is dropped)."""
+    """Read a note corpus and split it into usable notes and rejects (nothing is dropped).
+
+    Columns are found by name (exactly, else ignoring case) and read by position; the text is
+    handed on exactly as stored (CSV: as Python's csv module reads it; Parquet: its bytes),
+    and a record whose used fields hold bytes that are not valid UTF-8 becomes an
+    ``invalid_utf8`` reject.
+    """
     if not cfg.path:
         raise InputError("no input given (--input PATH or input.path)")
     if cfg.format != "table" and _is_local(cfg.path) and not _local(cfg.path).exists():
         raise InputError(f"input not found: {cfg.path}")
     fmt = cfg.format if cfg.format != "auto" else infer_format(cfg.path, spark)
-    raw = _read_csv(spark, cfg) if fmt == "csv" else read_table(spark, cfg.path, fmt)
+    if fmt == "csv":
+        layout = _read_csv(spark, cfg)
+        if layout.header is None:
+            raise InputError(
+                f"the first line of CSV input {layout.files[0]} is not a header row (it has "
+                f"{layout.header_fields} fields and ends inside quotes, holds undecodable bytes "
+                "or is over 1 MB); a header row naming the columns is required")
+        names = layout.header
+    else:
+        raw = _read_input_table(spark, cfg.path, fmt)
+        names = raw.columns
+    cols = _resolve_columns(names, cfg, fmt)
 
-    missing = [c for c in (cfg.id_column, cfg.text_column) if c not in raw.columns]
-    if missing:
-        raise InputError(
-            f"input lacks column(s) {missing}; found {raw.columns}. "
-            "Set input.id_column / input.text_column for non-MIMIC corpora."
-        )
+    status = F.lit(None).cast("string")  # malformed_record / invalid_utf8 found by the reader
+    if fmt == "csv":
+        df = csv_source.read_csv_frame(spark, layout, [cols["text"]],
+                                       max_field_chars=2 * cfg.max_note_chars)
+        types: list[T.DataType] = [T.StringType()] * len(names)
+        status = F.col(csv_source.STATUS_COLUMN)
+        source_row = F.col(csv_source.ROW_COLUMN)
+    else:
+        types = [f.dataType for f in raw.schema.fields]
+        df = raw.toDF(*[csv_source.column_name(i) for i in range(len(names))])
+        # Arrival order within the corpus; it decides which of two duplicate ids is kept.
+        source_row = F.monotonically_increasing_id()
 
-    def opt(col: str | None) -> Column:
-        if col and col in raw.columns:
-            return F.col(col).cast("string")
-        return F.lit(None).cast("string")
+    values: dict[str, Column] = {}
+    checks: list[tuple[str, Column]] = []  # (input column name, bytes valid)
+    for role, _key, _required, _out in _ROLES:
+        i = cols[role]
+        if i is None:
+            continue
+        c = F.col(csv_source.column_name(i))
+        if role == "iserror":
+            values[role] = _iserror_of(c, types[i])
+            valid = _string_of(c, types[i])[1] if fmt != "csv" else None
+        else:
+            values[role], valid = _string_of(c, types[i])
+        if valid is not None and fmt != "csv":  # the CSV reader checks every field itself
+            checks.append((names[i], F.coalesce(valid, F.lit(True))))
 
-    # Arrival order within the corpus: a multi-line CSV file is one partition, so this is the
-    # record's position in the file; it identifies which of two duplicate ids was kept.
-    df = raw.withColumn("source_row", F.monotonically_increasing_id())
-    corrupt = F.col(CORRUPT_COLUMN).isNotNull() if CORRUPT_COLUMN in raw.columns else F.lit(False)
-    text = F.col(cfg.text_column).cast("string")
-    note_id = F.trim(F.col(cfg.id_column).cast("string"))
-    iserror = opt(cfg.iserror_column)
+    def value(role: str) -> Column:
+        return values[role] if role in values else F.lit(None).cast("string")
+
+    all_valid = F.lit(True)
+    for _name, ok in checks:
+        all_valid = all_valid & ok
+    text = values["text"]
+    note_id = F.trim(values["id"])
+    note_id = F.when(all_valid, note_id).otherwise(F.make_valid_utf8(note_id))
+    iserror = values.get("iserror", F.lit(False))
     reason = (
-        F.when(corrupt, F.lit("malformed_record"))
+        F.when(status.isNotNull(), status)
+        .when(~all_valid, F.lit("invalid_utf8"))
         .when(note_id.isNull() | (note_id == ""), F.lit("missing_id"))
-        .when(F.trim(iserror) == "1", F.lit("iserror"))
+        .when(iserror, F.lit("iserror"))
         .when(text.isNull(), F.lit("null_text"))
         .when(text.rlike(r"(?U)^\s*$"), F.lit("empty_text"))  # any Unicode whitespace
         .when(F.length(text) > cfg.max_note_chars, F.lit("too_large"))
     )
-    if fmt == "csv":  # the CSV decoder turns undecodable bytes into U+FFFD
-        reason = reason.when(F.instr(text, "\ufffd") > 0, F.lit("invalid_utf8"))
+    bad_columns = F.concat_ws(", ", *[F.when(~ok, F.lit(n)) for n, ok in checks]) if checks \
+        else F.lit(None).cast("string")
+
+    def clean(c: Column) -> Column:  # an invalid record's fields never travel on raw
+        return F.when(all_valid, c).otherwise(F.make_valid_utf8(c))
 
     df = df.select(
         note_id.alias("note_id"),
-        opt(cfg.subject_column).alias("subject_id"),
-        opt(cfg.hadm_column).alias("hadm_id"),
+        clean(value("subject")).alias("subject_id"),
+        clean(value("hadm")).alias("hadm_id"),
         # MIMIC-III writes some categories with a trailing space ("Physician ").
-        F.trim(opt(cfg.category_column)).alias("category"),
-        F.when(~corrupt, text).alias("text"),  # never carry a corrupt record's raw line
-        "source_row",
+        F.trim(clean(value("category"))).alias("category"),
+        F.when(status.isNull() & all_valid, text).alias("text"),  # bad records: no text
+        source_row.alias("source_row"),
         reason.alias("reject_reason"),
         F.when(reason == "too_large", F.concat(F.lit("chars="), F.length(text).cast("string")))
         .when(reason == "malformed_record", F.lit("unparseable CSV record"))
+        .when((reason == "invalid_utf8") & (status.isNull()),
+              F.concat(F.lit("not valid UTF-8: "), bad_columns))
         .alias("reject_detail"),
     )
     # Of several records with one id, the first in arrival order is used and the rest rejected.

@@ -31,7 +31,7 @@ def write_bad_corpus(path: Path, big_note_mb: float = 5.0) -> dict:
     recs = [
         (_rec(1, GOOD.encode()), "1", "ok"),
         (_rec(2, GOOD.encode(), iserror="1"), "2", "iserror"),
-        (_rec(3, b""), "3", "null_text"),               # "" reads as null in a CSV
+        (_rec(3, None), "3", "null_text"),  # an unquoted empty field is NULL ("" is empty_text)
         (_rec(4, b"   \n\t  "), "4", "empty_text"),
         (_rec(5, "Pt is caf\xe9 latte drinker.".encode("latin-1")), "5", "invalid_utf8"),
         (_rec(6, GOOD.replace("Chest", "Abd").encode()), "6", "ok"),
