@@ -113,6 +113,9 @@ def describe_error(e: BaseException, cfg: PipelineConfig | None = None) -> tuple
     mapped = _operator_error_for(info, cfg)
     if mapped is not None:
         return mapped.exit_code, f"error: {one_line(str(mapped))}"
+    if not _spark_ever_started() and not info["java_chain"]:
+        # No note has been read before Spark starts: the message names flags and paths.
+        return EXIT_FAILURE, f"error: {type(e).__name__}: {one_line(str(e))}"
     what = info["name"]
     if info["java_class"]:
         what += f" ({info['java_class']})"
@@ -121,6 +124,18 @@ def describe_error(e: BaseException, cfg: PipelineConfig | None = None) -> tuple
     if info["python_error"]:
         what += f", raised {info['python_error']} in a Spark task"
     return EXIT_FAILURE, f"error: unexpected {what}; {DEBUG_HINT}"
+
+
+def _spark_ever_started() -> bool:
+    """Whether this process has started (or joined) a SparkContext: only then can data have
+    been read, and only then can an error message quote it."""
+    if "pyspark" not in sys.modules:
+        return False
+    from pyspark import SparkContext
+
+    from .spark import session
+
+    return session.spark_started() or SparkContext._active_spark_context is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,7 +316,8 @@ def pop_flag(argv: list[str], flag: str) -> str | None:
     if flag in argv:
         i = argv.index(flag)
         if i + 1 >= len(argv):
-            raise SystemExit(f"error: {flag} needs a value")
+            print(f"error: {flag} needs a value", file=sys.stderr)
+            raise SystemExit(2)  # a usage error, like argparse's
         value = argv[i + 1]
         del argv[i:i + 2]
         return value

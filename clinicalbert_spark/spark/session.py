@@ -84,6 +84,11 @@ logger.parquet2.level = error
 """
 
 _scratch: Path | None = None  # this process's folder, once made
+_started = False  # get_spark has returned a session in this process
+
+
+def spark_started() -> bool:
+    return _started
 
 
 def under_spark_submit() -> bool:
@@ -109,7 +114,7 @@ def _host() -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
-def _private_dir(path: Path) -> None:
+def ensure_private_dir(path: Path) -> None:
     """Make ``path`` (0700) or check the one there: ours, a folder, no access for others."""
     uid = os.getuid()
     try:
@@ -205,7 +210,7 @@ def make_scratch(cfg: SparkConfig) -> Path:
     if _scratch is not None and _scratch.is_dir():
         return _scratch
     root = scratch_root(cfg)
-    _private_dir(root)
+    ensure_private_dir(root)
     stale = remove_stale_scratch(root)
     if stale:
         log.info("scratch: removed %d folder(s) left by killed runs in %s", stale, root)
@@ -312,6 +317,8 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     # Python workers must run the interpreter that has this package and torch installed.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    global _started
+    _started = True  # set before the JVM starts: errors from here on may quote data
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("CBS_SPARK_LOG_LEVEL", "WARN"))
     for k, v in cfg.conf.items():  # a session that already existed still takes SQL confs
