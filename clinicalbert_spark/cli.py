@@ -60,7 +60,7 @@ def one_line(message: str) -> str:
         return ""
     out = parts[0]
     for p in parts[1:]:
-        out += (" " if out.endswith(":") else "; ") + p
+        out += (" " if out.endswith((":", ".", ",", ";")) else "; ") + p
     return out
 
 
@@ -70,6 +70,7 @@ def run_job(main: Callable[[PipelineConfig], int], argv: list[str] | None, alias
     setup_logging()
     debug = debug_enabled()
     cfg: PipelineConfig | None = None
+    spark_calls = _spark_calls()
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         if "--no-text" in argv:  # the PHI switch deserves its own short flag
@@ -86,7 +87,7 @@ def run_job(main: Callable[[PipelineConfig], int], argv: list[str] | None, alias
     except Exception as e:  # noqa: BLE001 - the one place every failure is reported
         if debug:
             raise
-        code, line = describe_error(e, cfg)
+        code, line = describe_error(e, cfg, used_spark=_spark_calls() != spark_calls)
         _print(line)
         return code
 
@@ -99,11 +100,14 @@ def _print(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def describe_error(e: BaseException, cfg: PipelineConfig | None = None) -> tuple[int, str]:
+def describe_error(e: BaseException, cfg: PipelineConfig | None = None,
+                   used_spark: bool = True) -> tuple[int, str]:
     """(exit code, one stderr line) for an exception escaping a job.
 
     Messages are printed only for this package's own errors (they name paths, columns and
-    settings); for anything else the line names the type and Spark's error condition.
+    settings), and for any error raised before the job asked for Spark (``used_spark``
+    False: no note has been read yet); otherwise the line names the error's type and
+    Spark's error condition, never its message.
     """
     if isinstance(e, OperatorError):
         return e.exit_code, f"error: {one_line(str(e))}"
@@ -113,8 +117,9 @@ def describe_error(e: BaseException, cfg: PipelineConfig | None = None) -> tuple
     mapped = _operator_error_for(info, cfg)
     if mapped is not None:
         return mapped.exit_code, f"error: {one_line(str(mapped))}"
-    if not _spark_ever_started() and not info["java_chain"]:
-        # No note has been read before Spark starts: the message names flags and paths.
+    if not used_spark and not info["java_chain"]:
+        # No note has been read before the job asks for Spark: the message names flags,
+        # paths and models.
         return EXIT_FAILURE, f"error: {type(e).__name__}: {one_line(str(e))}"
     what = info["name"]
     if info["java_class"]:
@@ -126,16 +131,10 @@ def describe_error(e: BaseException, cfg: PipelineConfig | None = None) -> tuple
     return EXIT_FAILURE, f"error: unexpected {what}; {DEBUG_HINT}"
 
 
-def _spark_ever_started() -> bool:
-    """Whether this process has started (or joined) a SparkContext: only then can data have
-    been read, and only then can an error message quote it."""
-    if "pyspark" not in sys.modules:
-        return False
-    from pyspark import SparkContext
-
-    from .spark import session
-
-    return session.spark_started() or SparkContext._active_spark_context is not None
+def _spark_calls() -> int:
+    """get_spark calls so far in this process: every job reads its data through Spark."""
+    mod = sys.modules.get("clinicalbert_spark.spark.session")
+    return mod.sessions_handed_out() if mod is not None else 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
 
@@ -91,22 +92,24 @@ def test_own_error_before_spark_keeps_its_message(tmp_path):
 
 
 def test_unreadable_input_is_exit_3_one_line_no_java_trace(tmp_path):
-    """A folder holding a file named like Parquet that is not: Spark fails reading its footer.
+    """A folder holding a file that looks like Parquet but is not: Spark fails reading its
+    footer inside a task.
 
     Before: ~300 stderr lines (Java traces from the executor log, the "Lost task" warning and
     py4j, then a Python trace). Now: Spark's one-line log events and one error line.
     """
     bad = tmp_path / "notes"
     bad.mkdir()
-    (bad / "part-0.parquet").write_text(f"ROW_ID,TEXT\n1,{TOKEN} has chest pain\n")
+    # Parquet's magic bytes at both ends, note text and a bogus footer in between.
+    body = f"ROW_ID,TEXT 1,{TOKEN} has chest pain ".encode() * 3
+    (bad / "part-0.parquet").write_bytes(b"PAR1" + body + struct.pack("<i", 40) + b"PAR1")
     p = _job("segment_notes.py", ["--input", str(bad), "--output", str(tmp_path / "o"),
                                   "--master", "local[1]",
                                   "--set", "spark.conf.spark.ui.enabled=false",
                                   "--spark.scratch_dir", str(tmp_path / "scratch")])
     assert p.returncode == 3, p.stderr[-3000:]
     last = _last_error_line(p)
-    assert last.startswith(f"error: input {bad} cannot be read")
-    assert "[FAILED_READ_FILE" in last
+    assert last.startswith("error: ") and str(bad) in last and "FAILED_READ_FILE" in last
     _assert_clean(p)
     assert len(p.stderr.splitlines()) < 25, p.stderr
 
@@ -133,6 +136,8 @@ def test_operator_errors_print_their_message_on_one_line(exc, code):
 def test_one_line_folds_lists():
     assert (cli.one_line("invalid configuration:\n  a: x\n  b: y")
             == "invalid configuration: a: x; b: y")
+    assert cli.one_line("not cached.\nDownload it, e.g.\n  hf download m\n") == (
+        "not cached. Download it, e.g. hf download m")
 
 
 def test_interrupt_is_130_and_debug_reraises(monkeypatch, capsys):
@@ -142,11 +147,16 @@ def test_interrupt_is_130_and_debug_reraises(monkeypatch, capsys):
     def boom(cfg):
         raise RuntimeError(f"value {TOKEN}")
 
+    calls = iter(range(100))
+    monkeypatch.setattr(cli, "_spark_calls", lambda: next(calls))  # as if main used Spark
     assert cli.run_job(interrupted, [], {}, "t") == 130
-    monkeypatch.setattr(cli, "_spark_ever_started", lambda: True)
     assert cli.run_job(boom, [], {}, "t") == 1
     err = capsys.readouterr().err
+    assert err.splitlines()[0] == "error: interrupted"
     assert TOKEN not in err and "error: unexpected RuntimeError; run with CBS_DEBUG=1" in err
+    # raised before the job asked for Spark: no data read yet, the message is kept
+    assert cli.describe_error(ValueError("no output given"), used_spark=False) == (
+        1, "error: ValueError: no output given")
     monkeypatch.setenv("CBS_DEBUG", "1")
     with pytest.raises(RuntimeError):
         cli.run_job(boom, [], {}, "t")

@@ -84,11 +84,12 @@ logger.parquet2.level = error
 """
 
 _scratch: Path | None = None  # this process's folder, once made
-_started = False  # get_spark has returned a session in this process
+_handed_out = 0  # get_spark calls in this process
 
 
-def spark_started() -> bool:
-    return _started
+def sessions_handed_out() -> int:
+    """How many times get_spark was called in this process (run_job: did this job use Spark?)."""
+    return _handed_out
 
 
 def under_spark_submit() -> bool:
@@ -317,8 +318,8 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     # Python workers must run the interpreter that has this package and torch installed.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    global _started
-    _started = True  # set before the JVM starts: errors from here on may quote data
+    global _handed_out
+    _handed_out += 1  # counted before the JVM starts: errors from here on may quote data
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("CBS_SPARK_LOG_LEVEL", "WARN"))
     for k, v in cfg.conf.items():  # a session that already existed still takes SQL confs
