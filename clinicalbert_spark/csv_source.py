@@ -227,16 +227,20 @@ def csv_layout(path: str, encoding: str) -> CsvLayout:
 
 
 def read_csv_frame(spark: SparkSession, layout: CsvLayout, keep_empty: list[int],
-                   max_field_chars: int) -> DataFrame:
-    """The records of ``layout`` as ``_c0.._cN`` (strings), ``_cbs_row``, ``_cbs_status``."""
+                   max_field_chars: int, select: list[int] | None = None) -> DataFrame:
+    """The records of ``layout`` as ``_c<i>`` (strings) for each column position ``i`` in
+    ``select`` (default: all), ``_cbs_row`` and ``_cbs_status``. Only the selected fields are
+    handed on and checked for undecodable bytes."""
     assert layout.header is not None
     spark.dataSource.register(NotesCsvSource)
     n = len(layout.header)
+    select = sorted(set(range(n) if select is None else select))
     return (
         spark.read.format(SOURCE_NAME)
-        .schema(frame_schema(n))
+        .schema(frame_schema(select))
         .option("files", json.dumps(layout.files))
         .option("columns", str(n))
+        .option("select", json.dumps(select))
         .option("encoding", layout.encoding)
         .option("delimiter", layout.delimiter)
         .option("keep_empty", json.dumps(sorted(keep_empty)))
@@ -245,9 +249,9 @@ def read_csv_frame(spark: SparkSession, layout: CsvLayout, keep_empty: list[int]
     )
 
 
-def frame_schema(n: int) -> T.StructType:
+def frame_schema(select: list[int]) -> T.StructType:
     return T.StructType(
-        [T.StructField(column_name(i), T.StringType()) for i in range(n)]
+        [T.StructField(column_name(i), T.StringType()) for i in select]
         + [T.StructField(ROW_COLUMN, T.LongType()), T.StructField(STATUS_COLUMN, T.StringType())]
     )
 
@@ -265,7 +269,12 @@ class NotesCsvSource(DataSource):
         return SOURCE_NAME
 
     def schema(self) -> T.StructType:
-        return frame_schema(int(self.options["columns"]))
+        return frame_schema(self._select())
+
+    def _select(self) -> list[int]:
+        if "select" in self.options:
+            return json.loads(self.options["select"])
+        return list(range(int(self.options["columns"])))
 
     def reader(self, schema: T.StructType) -> DataSourceReader:
         return _NotesCsvReader(self.options)
@@ -275,6 +284,8 @@ class _NotesCsvReader(DataSourceReader):
     def __init__(self, options) -> None:
         self.files = json.loads(options["files"])
         self.columns = int(options["columns"])
+        self.select = json.loads(options["select"]) if "select" in options else list(
+            range(self.columns))
         self.encoding = options.get("encoding", "utf-8")
         self.delimiter = options.get("delimiter", ",")
         self.keep_empty = json.loads(options.get("keep_empty", "[]"))
@@ -286,7 +297,7 @@ class _NotesCsvReader(DataSourceReader):
     def read(self, partition):
         index, path = partition.value
         yield from read_batches(path, index, self.columns, self.encoding, self.delimiter,
-                                self.keep_empty, self.max_field)
+                                self.keep_empty, self.max_field, self.select)
 
 
 def quoted_fields(raw: str, delimiter: str) -> list[bool]:
@@ -321,26 +332,26 @@ def _fix(v: str) -> str:
 
 
 def read_batches(path: str, file_index: int, ncols: int, encoding: str, delimiter: str,
-                 keep_empty: list[int], max_field: int) -> Iterator:
+                 keep_empty: list[int], max_field: int,
+                 select: list[int] | None = None) -> Iterator:
+    """Arrow record batches of one file: the ``select`` columns, ``_cbs_row``, ``_cbs_status``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     csv.field_size_limit(max_field)
-    keep = [j for j in keep_empty if j < ncols]
-    others = [j for j in range(ncols) if j not in keep]
+    select = list(range(ncols)) if select is None else [j for j in select if j < ncols]
+    keep = [j for j in keep_empty if j in select]
     base = file_index * FILE_ROW_STRIDE
-    names = [column_name(j) for j in range(ncols)] + [ROW_COLUMN, STATUS_COLUMN]
+    names = [column_name(j) for j in select] + [ROW_COLUMN, STATUS_COLUMN]
     null = pa.scalar(None, pa.string())
 
     def batch(rows: list[list], ids: list[int], status: list) -> "pa.RecordBatch":
-        cols = list(zip(*rows)) if rows else [()] * ncols
         arrays = []
-        for j in range(ncols):
-            col = cols[j]
+        for j in select:
+            col = [r[j] for r in rows]
             try:
                 arr = pa.array(col, pa.string())
             except Exception:  # noqa: BLE001 - lone surrogates: undecodable bytes somewhere
-                col = list(col)
                 for k, v in enumerate(col):
                     if v and not v.isascii():
                         try:
@@ -349,7 +360,7 @@ def read_batches(path: str, file_index: int, ncols: int, encoding: str, delimite
                             col[k] = _fix(v)
                             status[k] = status[k] or "invalid_utf8"
                 arr = pa.array(col, pa.string())
-            if j in others:
+            if j not in keep:
                 arr = pc.if_else(pc.equal(arr, ""), null, arr)
             arrays.append(arr)
         arrays.append(pa.array([base + i for i in ids], pa.int64()))

@@ -422,8 +422,9 @@ def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
 
     status = F.lit(None).cast("string")  # malformed_record / invalid_utf8 found by the reader
     if fmt == "csv":
-        df = csv_source.read_csv_frame(spark, layout, [cols["text"]],
-                                       max_field_chars=2 * cfg.max_note_chars)
+        df = csv_source.read_csv_frame(  # only the columns used are read on and checked
+            spark, layout, [cols["text"]], max_field_chars=2 * cfg.max_note_chars,
+            select=[i for i in cols.values() if i is not None])
         types: list[T.DataType] = [T.StringType()] * len(names)
         status = F.col(csv_source.STATUS_COLUMN)
         source_row = F.col(csv_source.ROW_COLUMN)
