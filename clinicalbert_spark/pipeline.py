@@ -154,7 +154,9 @@ class Pipeline:
         same_fp = F.col("fingerprint").eqNullSafe(F.lit(fp))
         current = in_input & (F.col("note_hash") == F.col("_in_hash")) & same_fp
         kept_absent = ~in_input & F.col("_rejected").isNull() & F.lit(not self.snapshot)
-        stale = F.lit(True) if self.full else (~current & ~kept_absent)
+        stale = ~current & ~kept_absent
+        if self.full:  # nothing is current: every row is rebuilt from this input
+            current, stale = F.lit(False), F.lit(True)
         flags = self._persist(flags.select(
             "note_id", current.alias("current"), stale.alias("stale"),
             (kept_absent & ~same_fp).alias("cannot_redo"),
