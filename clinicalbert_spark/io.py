@@ -4,6 +4,10 @@ Everything here is Spark glue over plain files: notes come from a MIMIC-III NOTE
 Parquet, Delta or a catalog table; tables go to Parquet or Delta. Note text never appears in
 a log line or exception message raised here.
 
+CSV notes are read with Python's csv module through a Spark Python data source
+(:mod:`clinicalbert_spark.csv_source`) so that the text is exactly as stored; columns are
+found by name (ignoring case where that is unambiguous) and read by position.
+
 Delta: when the SparkSession has the ``io.delta`` jars (Databricks, EMR, ``--packages``)
 Spark's own Delta reader and writer are used. Otherwise (these machines, plain pip installs)
 Spark writes the Parquet data files and the driver commits them to the Delta log in one
@@ -441,12 +445,10 @@ def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
         if i is None:
             continue
         c = F.col(csv_source.column_name(i))
+        values[role], valid = _string_of(c, types[i])
         if role == "iserror":
             values[role] = _iserror_of(c, types[i])
-            valid = _string_of(c, types[i])[1] if fmt != "csv" else None
-        else:
-            values[role], valid = _string_of(c, types[i])
-        if valid is not None and fmt != "csv":  # the CSV reader checks every field itself
+        if valid is not None and fmt != "csv":  # the CSV reader checks the fields it reads
             checks.append((names[i], F.coalesce(valid, F.lit(True))))
 
     def value(role: str) -> Column:

@@ -69,10 +69,12 @@ def note_hash(text: str) -> str:
 
 
 def read(spark, path, **kw) -> tuple[list, list]:
+    """(notes rows, rejects rows) of one read_notes call, collected in one Spark job."""
     notes = io.read_notes(spark, InputConfig(path=str(path), **kw))
     assert notes.notes.columns == NOTE_COLUMNS
     assert notes.rejects.columns == ["note_id", "reason", "source_row", "detail"]
-    return notes.notes.collect(), notes.rejects.collect()
+    both = notes.notes.unionByName(notes.rejects, allowMissingColumns=True).collect()
+    return [r for r in both if r.reason is None], [r for r in both if r.reason is not None]
 
 
 def reasons(rejects) -> list[tuple]:
