@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Any, Callable
 
 from .config import ConfigError, PipelineConfig, load_config
@@ -21,6 +23,7 @@ from .logs import debug_enabled, setup_logging
 log = logging.getLogger("clinicalbert_spark.jobs")
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 DEBUG_HINT = "run with CBS_DEBUG=1 for the full trace (it may contain note text)"
 
@@ -71,6 +74,7 @@ def run_job(main: Callable[[PipelineConfig], int], argv: list[str] | None, alias
     debug = debug_enabled()
     cfg: PipelineConfig | None = None
     spark_calls = _spark_calls()
+    previous_sigterm = _exit_on_sigterm()
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         if "--no-text" in argv:  # the PHI switch deserves its own short flag
@@ -84,12 +88,41 @@ def run_job(main: Callable[[PipelineConfig], int], argv: list[str] | None, alias
             raise
         _print("error: interrupted")
         return EXIT_INTERRUPTED
+    except Terminated:
+        if debug:
+            raise
+        _print("error: terminated (SIGTERM)")
+        return EXIT_TERMINATED
     except Exception as e:  # noqa: BLE001 - the one place every failure is reported
         if debug:
             raise
         code, line = describe_error(e, cfg, used_spark=_spark_calls() != spark_calls)
         _print(line)
         return code
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler stopping the job)."""
+
+
+def _exit_on_sigterm():
+    """Turn SIGTERM into an exception so that the job unwinds and exits normally: atexit
+    handlers stop Spark and delete the private scratch folder (a plain SIGTERM kills Python
+    without running them). Returns the handler to restore, or None when left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return None  # someone (a notebook, a framework) already handles it
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    return previous
 
 
 def _print(line: str) -> None:

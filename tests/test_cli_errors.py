@@ -10,6 +10,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -160,6 +161,20 @@ def test_interrupt_is_130_and_debug_reraises(monkeypatch, capsys):
     monkeypatch.setenv("CBS_DEBUG", "1")
     with pytest.raises(RuntimeError):
         cli.run_job(boom, [], {}, "t")
+
+
+def test_sigterm_unwinds_the_job_and_exits_143(capsys):
+    import signal
+
+    def stopped(cfg):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not interrupt the job")
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.run_job(stopped, [], {}, "t") == 143
+    assert capsys.readouterr().err.strip() == "error: terminated (SIGTERM)"
+    assert signal.getsignal(signal.SIGTERM) == before  # handler restored
 
 
 def _raised(fn):
