@@ -198,11 +198,16 @@ def read_header(path: str, encoding: str, delimiter: str) -> tuple[list[str] | N
                          "required")
     if len(line) >= MAX_HEADER_CHARS and not line.endswith(("\n", "\r")):
         return None, 0
-    fields = len(next(csv.reader([line], delimiter=delimiter), []))
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, MAX_HEADER_CHARS + 1))  # a data line may hold a long field
+    fields = 0
     try:
+        fields = len(next(csv.reader([line], delimiter=delimiter), []))
         names = next(csv.reader([line], delimiter=delimiter, strict=True), [])
     except csv.Error:
         return None, fields
+    finally:
+        csv.field_size_limit(limit)
     if names and names[0].startswith("\ufeff"):  # a UTF-8 byte order mark
         names[0] = names[0][1:]
     if any("\udc80" <= ch <= "\udcff" for n in names for ch in n):

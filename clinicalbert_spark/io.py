@@ -282,8 +282,10 @@ def _resolve_columns(names: list[str], cfg: InputConfig, fmt: str) -> dict[str, 
         raise InputError(_missing_columns_message(missing, names, fmt))
     for role, key, required, out in _ROLES:
         if not required and getattr(cfg, key) and found[role] is None:
-            log.warning("input.%s %r is not a column of the input; %s is null for every note",
-                        key, getattr(cfg, key), out)
+            effect = ("no note is rejected as iserror" if role == "iserror"
+                      else f"{out} is null for every note")
+            log.warning("input.%s %r is not a column of the input; %s", key, getattr(cfg, key),
+                        effect)
     return found
 
 

@@ -360,6 +360,12 @@ def test_headerless_csv_error_names_no_value(spark, tmp_path, no_phi):
     with pytest.raises(io.InputError, match="header row") as e:
         io.read_notes(spark, InputConfig(path=str(path)))
     no_phi(e.value)
+    # A first line with a field longer than csv's default field limit (131072 characters).
+    write_mimic(path, [mimic_record(8, f"{TOKEN} ".encode() * 40_000)], header=False)
+    with pytest.raises(io.InputError, match="header row") as e:
+        io.read_notes(spark, InputConfig(path=str(path)))
+    assert "11 fields" in str(e.value)
+    no_phi(e.value)
 
 
 def test_missing_columns_lists_identifier_like_names(spark, tmp_path):
