@@ -118,14 +118,20 @@ def list_csv_files(path: str) -> list[str]:
     from pyarrow import fs as pafs
 
     fs, p = _arrow_fs(path)
-    info = fs.get_file_info(p)
+    try:
+        info = fs.get_file_info(p)
+        listing = (fs.get_file_info(pafs.FileSelector(p, recursive=True))
+                   if info.type == pafs.FileType.Directory else [])
+    except Exception as e:  # noqa: BLE001 - credentials, network: one line, no trace
+        raise InputError(f"cannot list {path} ({type(e).__name__}); check the path and the "
+                         "credentials Python sees") from None
     if info.type == pafs.FileType.File:
         return [path]
     if info.type != pafs.FileType.Directory:
         raise InputError(f"input not found: {path}")
     root = path.rstrip("/")
     found = []
-    for f in fs.get_file_info(pafs.FileSelector(p, recursive=True)):
+    for f in listing:
         rel = f.path[len(p.rstrip("/")) + 1:]
         if (f.type == pafs.FileType.File and f.base_name.lower().endswith(CSV_SUFFIXES)
                 and not any(_hidden(part) for part in rel.split("/"))):

@@ -13,7 +13,6 @@ import csv
 import gzip
 import hashlib
 import logging
-import sys
 
 import numpy as np
 import pandas as pd
@@ -232,8 +231,8 @@ def test_string_parquet_column_holding_invalid_utf8(spark, tmp_path, no_phi):
     vals = [b"Good note.", b"Pt " + TOKEN.encode() + b" caf\xe9 au lait.",
             "Unicode \u2265 2 ok.".encode()]
     offsets = np.cumsum([0] + [len(v) for v in vals]).astype(np.int32)
-    text = pa.Array.from_buffers(pa.string(), len(vals),
-                                 [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(vals))])
+    buffers = [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(vals))]
+    text = pa.Array.from_buffers(pa.string(), len(vals), buffers)
     path = tmp_path / "str.parquet"
     pq.write_table(pa.table({"ROW_ID": pa.array(["1", "2", "3"]), "TEXT": text}), path)
     _check_utf8_parquet(spark, path, no_phi)
@@ -273,7 +272,8 @@ def test_iserror_spellings(spark, tmp_path):
     assert {r.reason for r in rejects} == {"iserror"}
     # Typed flags: integers and booleans.
     path2 = tmp_path / "typed.parquet"
-    pq.write_table(pa.table({"ROW_ID": ["a", "b", "c"], "ISERROR": pa.array([1, 0, None], pa.int16()),
+    pq.write_table(pa.table({"ROW_ID": ["a", "b", "c"],
+                             "ISERROR": pa.array([1, 0, None], pa.int16()),
                              "TEXT": ["x.", "y.", "z."]}), path2)
     assert reasons(read(spark, path2)[1]) == [("a", "iserror")]
     path3 = tmp_path / "bool.parquet"
@@ -380,7 +380,8 @@ def test_parquet_with_nanosecond_timestamps(spark, tmp_path):
     path = tmp_path / "ns.parquet"
     pd.DataFrame({
         "ROW_ID": ["1", "2"],
-        "CHARTTIME": pd.to_datetime(["2150-01-01 00:00:00.000000001", "2150-01-02 10:00:00.000000000"]),
+        "CHARTTIME": pd.to_datetime(["2150-01-01 00:00:00.000000001",
+                                     "2150-01-02 10:00:00.000000000"]),
         "TEXT": ["First.", "Second."],
     }).to_parquet(path)
     assert "timestamp[ns]" in str(pq.read_schema(path).field("CHARTTIME").type)
