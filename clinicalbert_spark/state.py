@@ -96,7 +96,8 @@ def fingerprint(kind: str, settings: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Crash injection (tests only): CBS_INJECT_CRASH=<point>[,<point>...]
+# Fault injection (tests only): CBS_INJECT_CRASH=<point>[,<point>...] stops the run at a point
+# as if killed; CBS_INJECT_PAUSE=<point>=<seconds> sleeps there (holding the lock).
 
 
 class SimulatedCrash(BaseException):
@@ -105,6 +106,10 @@ class SimulatedCrash(BaseException):
 
 
 def crash_point(name: str) -> None:
+    for item in os.environ.get("CBS_INJECT_PAUSE", "").split(","):
+        point, _, secs = item.rpartition("=")
+        if point == name:
+            time.sleep(float(secs))
     spec = os.environ.get("CBS_INJECT_CRASH", "")
     if name in [s.strip() for s in spec.split(",") if s.strip()]:
         raise SimulatedCrash(name)

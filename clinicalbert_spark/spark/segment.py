@@ -1,6 +1,7 @@
 """Notes -> sentences inside ``mapInPandas`` (Arrow batches on the executors)."""
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pandas as pd
@@ -26,12 +27,16 @@ def segment_batches(
     """Segment each note of each batch; a note that fails becomes one error row, not a crash."""
     seg = _segmenter(backend)
     cols = schemas.SEGMENT_UDF_OUTPUT.fieldNames()
+    # Tests only: the segmenter "fails" on these note ids (the rejects path end to end).
+    fail_ids = set(filter(None, os.environ.get("CBS_INJECT_SEGMENT_ERROR", "").split(",")))
     for pdf in batches:
         out: dict[str, list] = {c: [] for c in cols}
         for row in pdf.itertuples(index=False):
             text = row.text if isinstance(row.text, str) else ""
             meta = (row.note_id, row.subject_id, row.hadm_id, row.category)
             try:
+                if row.note_id in fail_ids:
+                    raise RuntimeError("injected segmentation error (CBS_INJECT_SEGMENT_ERROR)")
                 sentences = seg.segment(text)
             except Exception as e:  # noqa: BLE001 - one bad note never fails the job
                 # The exception type only: messages can quote the note (PHI).
