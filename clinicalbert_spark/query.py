@@ -3,7 +3,8 @@
 For SQL users and notebooks; no Spark needed. Works on a folder of tables written by
 ``jobs/run_pipeline.py`` (``ROOT/sentences``, ``ROOT/embeddings``, ...) in either format:
 
-* Parquet (Spark's writer): read with ``read_parquet('ROOT/<table>/**/*.parquet')``;
+* Parquet (Spark's writer): read with ``read_parquet('ROOT/<table>/run_id=*/*.parquet')``
+  (the pipeline's tables; a commit's ``_staging``/``_trash`` folders are never matched);
 * Delta (written by delta-rs): ``deltalake.DeltaTable(path).to_pyarrow_dataset()`` registered
   in DuckDB (only the files of the current Delta version are read; DuckDB's ``delta``
   extension is not needed).
@@ -86,7 +87,10 @@ def register_table(con, name: str, path: str | Path, fmt: Format = "auto") -> st
     elif kind == "parquet":
         if not _parquet_files(path):
             raise QueryError(f"table {name!r}: no Parquet files under {path}")
-        glob = (path / "**" / "*.parquet").as_posix()
+        # Only visible partitions: a commit in progress stages under _staging/ (glob, not a
+        # file list, so each query sees the table as it is then).
+        partitioned = any(p.is_dir() and p.name.startswith("run_id=") for p in path.iterdir())
+        glob = (path / ("run_id=*/*.parquet" if partitioned else "*.parquet")).as_posix()
         # union_by_name: files from successive runs may differ by an added nullable column.
         con.execute(
             f"CREATE OR REPLACE VIEW {_ident(name)} AS SELECT * FROM "
