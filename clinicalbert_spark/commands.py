@@ -13,7 +13,7 @@ from . import io
 from .config import PipelineConfig
 from .models import preflight, preflight_head
 from .spark.text import attach_text
-from .state import new_run_id, sanitise_run_id
+from .state import new_run_id, sanitise_run_id, write_table
 from .spark.session import get_spark
 
 log = logging.getLogger("clinicalbert_spark.jobs")
@@ -42,11 +42,11 @@ def segment_job(cfg: PipelineConfig) -> int:
     seg = segment_notes(notes.notes, cfg.segment.backend, cfg.segment.include_text,
                         cfg.spark.partitions).persist(StorageLevel.MEMORY_AND_DISK)
     sentences, seg_rejects = split_segment_output(seg)
-    io.write_table(sentences.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
+    write_table(sentences.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
                    mode=cfg.output.mode)
     rejects = notes.rejects.unionByName(seg_rejects).withColumn("run_id", F.lit(run_id))
     rejects = rejects.persist(StorageLevel.MEMORY_AND_DISK)
-    io.write_table(rejects, rejects_path(out), cfg.output.format, mode=cfg.output.mode)
+    write_table(rejects, rejects_path(out), cfg.output.format, mode=cfg.output.mode)
     n_sent = sentences.count()
     n_notes = sentences.select("note_id").distinct().count()
     by_reason = {r.reason: r["count"] for r in rejects.groupBy("reason").count().collect()}
@@ -90,7 +90,7 @@ def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     t0 = time.perf_counter()
     emb, acc = embed_sentences(sentences, cfg.encode, cfg.spark.partitions)
     emb = emb.persist(StorageLevel.MEMORY_AND_DISK)
-    io.write_table(emb.drop("status").withColumn("run_id", F.lit(run_id)), out,
+    write_table(emb.drop("status").withColumn("run_id", F.lit(run_id)), out,
                    cfg.output.format, mode=cfg.output.mode)
     secs = time.perf_counter() - t0
     a = emb.agg(F.count("*").alias("n"), F.sum("n_tokens").alias("tok"),
@@ -125,7 +125,7 @@ def predict_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     preds = predict_sentences(sentences, model, revision, cfg.predict, cfg.encode,
                               cfg.spark.partitions)
     preds = preds.persist(StorageLevel.MEMORY_AND_DISK)
-    io.write_table(preds.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
+    write_table(preds.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
                    mode=cfg.output.mode)
     by_status = {r.status: r["count"] for r in preds.groupBy("status").count().collect()}
     task = preds.select("task").where(F.col("task").isNotNull()).limit(1).collect()

@@ -488,13 +488,6 @@ class TableStore:
         self._commit_delta_rs(spec, staged, affected, replace_all, creating)
 
     def _commit_delta_rs(self, spec, staged, affected, replace_all, creating) -> None:
-        import pyarrow as pa
-        from deltalake import DeltaTable
-        from deltalake import Schema as DeltaSchema
-        from deltalake.transaction import AddAction, create_table_with_add_actions
-        from pyspark.sql.pandas.types import to_arrow_schema
-        from urllib.parse import unquote
-
         table = self.path(spec.name)
         cid = uuid.uuid4().hex[:12]
         rel_dir = f"data-{cid}"
@@ -505,35 +498,10 @@ class TableStore:
         if staged is not None:
             (staged.write.option("compression", "zstd").partitionBy(PARTITION_COLUMN)
              .mode("overwrite").parquet(str(table / rel_dir)))
-        actions = []
-        for f in sorted((table / rel_dir).rglob("*.parquet")):
-            seg = f.parent.name
-            raw = seg.split("=", 1)[1]
-            pv = None if raw == "__HIVE_DEFAULT_PARTITION__" else unquote(raw)
-            st = f.stat()
-            actions.append(AddAction(f.relative_to(table).as_posix(), st.st_size,
-                                     {PARTITION_COLUMN: pv}, int(st.st_mtime * 1000), True,
-                                     json.dumps({"numRecords": _parquet_rows(f)})))
-        fields = [f for f in spec.stored_schema.fields if f.name != PARTITION_COLUMN]
-        part = [f for f in spec.stored_schema.fields if f.name == PARTITION_COLUMN]
-        schema = DeltaSchema.from_arrow(pa.schema(
-            to_arrow_schema(T.StructType(fields + part), timezone="UTC")))
         crash_point(f"commit:{spec.name}:before_journal")
-        if creating or not DeltaTable.is_deltatable(str(table)):
-            create_table_with_add_actions(str(table), schema, actions, mode="overwrite",
-                                          partition_by=[PARTITION_COLUMN])
-        else:
-            dt_ = DeltaTable(str(table))
-            if replace_all:
-                dt_.create_write_transaction(actions, mode="overwrite", schema=schema,
-                                             partition_by=[PARTITION_COLUMN])
-            elif affected:
-                dt_.create_write_transaction(
-                    actions, mode="overwrite", schema=schema, partition_by=[PARTITION_COLUMN],
-                    partition_filters=[(PARTITION_COLUMN, "in", affected)])
-            else:
-                dt_.create_write_transaction(actions, mode="append", schema=schema,
-                                             partition_by=[PARTITION_COLUMN])
+        mode = "overwrite" if (creating or replace_all or affected) else "append"
+        delta_rs_commit(table, rel_dir, spec.stored_schema, PARTITION_COLUMN, mode,
+                        None if (creating or replace_all) else affected)
         jpath.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ recovery
@@ -579,6 +547,100 @@ class TableStore:
             log.warning("table %s: removing data files of an uncommitted write of a crashed "
                         "run", journal["table"])
             _rmtree(data)
+
+
+def delta_rs_commit(table: Path, data_rel: str, schema: T.StructType, partition_by: str | None,
+                    mode: str, replace: list[str] | None = None) -> None:
+    """Commit the Parquet files Spark wrote under ``table/data_rel`` to the Delta log in one
+    transaction (delta-rs): create the table, append, overwrite it, or with ``replace``
+    overwrite just those partition values. No data passes through the driver."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+    from deltalake import Schema as DeltaSchema
+    from deltalake.exceptions import CommitFailedError
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from urllib.parse import unquote
+
+    actions = []
+    for f in sorted((table / data_rel).rglob("*.parquet")):
+        pvals: dict[str, str | None] = {}
+        if partition_by:
+            raw = f.parent.name.split("=", 1)[1]
+            pvals[partition_by] = None if raw == "__HIVE_DEFAULT_PARTITION__" else unquote(raw)
+        st = f.stat()
+        actions.append(AddAction(f.relative_to(table).as_posix(), st.st_size, pvals,
+                                 int(st.st_mtime * 1000), True,
+                                 json.dumps({"numRecords": _parquet_rows(f)})))
+    data = [f for f in schema.fields if f.name != partition_by]
+    part = [f for f in schema.fields if f.name == partition_by]
+    dschema = DeltaSchema.from_arrow(pa.schema(
+        to_arrow_schema(T.StructType(data + part), timezone="UTC")))
+    parts = [partition_by] if partition_by else None
+    for attempt in range(5):
+        try:
+            if not DeltaTable.is_deltatable(str(table)):
+                create_table_with_add_actions(str(table), dschema, actions, mode="overwrite",
+                                              partition_by=parts)
+            elif replace:
+                DeltaTable(str(table)).create_write_transaction(
+                    actions, mode="overwrite", schema=dschema, partition_by=parts,
+                    partition_filters=[(partition_by, "in", replace)])
+            else:
+                DeltaTable(str(table)).create_write_transaction(
+                    actions, mode=mode, schema=dschema, partition_by=parts)
+            return
+        except CommitFailedError:  # a reader-side race (e.g. a checkpoint); the lock excludes writers
+            if attempt == 4:
+                raise
+            log.warning("Delta commit to %s raced another commit; retrying", table)
+
+
+def write_table(df: DataFrame, path: str, fmt: str = "parquet", mode: str = "overwrite") -> None:
+    """A single-stage job's output: one unpartitioned table at ``path``.
+
+    ``overwrite`` replaces it so that a reader sees the old table or the new one (Parquet: the
+    new files are written to a hidden sibling folder, then two renames; Delta: one
+    transaction); ``append`` adds files; ``error`` refuses an existing table.
+    """
+    if fmt not in ("parquet", "delta"):
+        raise ConfigError(f"unknown output format {fmt!r} (parquet, delta)")
+    target = local_path(path.rstrip("/"))
+    exists = target.exists() and (not target.is_dir() or any(target.iterdir()))
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"output {target} is a file, not a folder")
+    if mode == "error" and exists:
+        raise OutputError(f"output {target} exists (output.mode error)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise OutputError(f"cannot create {target.parent} (permission denied)") from None
+    if not os.access(target.parent, os.W_OK):
+        raise OutputError(f"cannot write to {target.parent} (permission denied)")
+    cid = uuid.uuid4().hex[:12]
+    if fmt == "delta":
+        from .io import spark_has_delta
+
+        if spark_has_delta(df.sparkSession):
+            df.write.format("delta").mode(mode if mode != "error" else "overwrite").save(str(target))
+            return
+        target.mkdir(exist_ok=True)
+        rel = f"data-{cid}"
+        df.write.option("compression", "zstd").mode("overwrite").parquet(str(target / rel))
+        delta_rs_commit(target, rel, df.schema, None, "append" if mode == "append" else "overwrite")
+        return
+    staging = target.parent / f".{target.name}.staging-{cid}"
+    df.write.option("compression", "zstd").mode("overwrite").parquet(str(staging))
+    if mode == "append" and exists:
+        for f in staging.glob("*.parquet"):
+            os.rename(f, target / f"{cid}-{f.name}")
+        _rmtree(staging)
+        return
+    old = target.parent / f".{target.name}.old-{cid}"
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staging, target)
+    _rmtree(old)
 
 
 def _parquet_rows(f: Path) -> int:

@@ -80,32 +80,31 @@ def test_missing_input_is_a_clear_error(spark, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "delta"])
-def test_partition_replace_is_idempotent(spark, tmp_path, fmt):
+def test_single_table_overwrite_append_error(spark, tmp_path, fmt):
+    from clinicalbert_spark.errors import OutputError
+    from clinicalbert_spark.state import write_table
+
     path = str(tmp_path / "t")
     mk = lambda rows: spark.createDataFrame(rows, "k STRING, v ARRAY<FLOAT>, run_id STRING")
-    io.write_table(mk([("a", [1.0], "r1"), ("b", [2.0], "r1")]), path, fmt, partition_by="run_id",
-                   replace_partitions=["r1"])
-    io.write_table(mk([("c", [3.0], "r2")]), path, fmt, partition_by="run_id",
-                   replace_partitions=["r2"])
-    # Re-running r1 with different rows replaces r1 only.
-    io.write_table(mk([("a2", [1.5], "r1")]), path, fmt, partition_by="run_id",
-                   replace_partitions=["r1"])
-    io.write_table(mk([("a2", [1.5], "r1")]), path, fmt, partition_by="run_id",
-                   replace_partitions=["r1"])
+    write_table(mk([("a", [1.0], "r1"), ("b", [2.0], "r1")]), path, fmt)
+    write_table(mk([("c", [3.0], "r2")]), path, fmt)  # overwrite: the old rows are gone
+    write_table(mk([("d", [4.0], "r3")]), path, fmt, mode="append")
     back = io.read_table(spark, path, fmt)
-    rows = sorted((r.k, r.run_id, list(r.v)) for r in back.collect())
-    assert rows == [("a2", "r1", [1.5]), ("c", "r2", [3.0])]
-    if fmt == "delta":
-        dt = DeltaTable(path)
-        assert dt.metadata().partition_columns == ["run_id"]
-        assert sorted(dt.to_pyarrow_table().column("k").to_pylist()) == ["a2", "c"]
+    assert sorted((r.k, r.run_id, list(r.v)) for r in back.collect()) == [
+        ("c", "r2", [3.0]), ("d", "r3", [4.0])]
+    with pytest.raises(OutputError, match="exists"):
+        write_table(mk([("e", [5.0], "r4")]), path, fmt, mode="error")
+    # Nothing is left beside the table (staging and the replaced copy are gone).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
 
 
 def test_delta_overwrite_and_schema(spark, tmp_path):
     path = str(tmp_path / "d")
     df = spark.createDataFrame([("n1", 0, 5)], "note_id STRING, start INT, `end` INT")
-    io.write_table(df, path, "delta")
-    io.write_table(df.union(df), path, "delta", mode="overwrite")
+    from clinicalbert_spark.state import write_table
+
+    write_table(df, path, "delta")
+    write_table(df.union(df), path, "delta", mode="overwrite")
     t = DeltaTable(path).to_pyarrow_table()
     assert t.num_rows == 2 and t.schema.names == ["note_id", "start", "end"]
     assert io.infer_format(path) == "delta"
