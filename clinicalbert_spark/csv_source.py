@@ -52,8 +52,8 @@ ROW_COLUMN = "_cbs_row"
 STATUS_COLUMN = "_cbs_status"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv", ".tsv.gz", ".tsv.bz2")
 MAX_HEADER_CHARS = 1 << 20
-_BATCH_ROWS = 4096
-_BATCH_CHARS = 16 << 20
+_BATCH_ROWS = 1024  # small batches keep the Python parser and the JVM working in step
+_BATCH_CHARS = 4 << 20
 _MAX_FIELD = 2**31 - 1  # Arrow's limit for one string
 
 
