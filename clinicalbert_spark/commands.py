@@ -11,30 +11,30 @@ from pyspark.sql import functions as F
 
 from . import io
 from .config import PipelineConfig
+from .errors import ConfigError, InputError
 from .models import preflight, preflight_head
+from .pipeline import embed_settings, segment_settings
 from .spark.text import attach_text
-from .state import new_run_id, sanitise_run_id, write_table
+
+from .state import fingerprint, new_run_id, sanitise_run_id, write_table
 from .spark.session import get_spark
 
 log = logging.getLogger("clinicalbert_spark.jobs")
 
-
 def rejects_path(output: str) -> str:
     return output.rstrip("/") + "_rejects"
-
 
 def print_summary(title: str, items: dict) -> None:
     width = max(len(k) for k in items) + 2
     lines = [title] + [f"  {k:<{width}}{v}" for k, v in items.items()]
     print("\n".join(lines), flush=True)
 
-
 def segment_job(cfg: PipelineConfig) -> int:
     from .spark.segment import segment_notes, split_segment_output
 
     out = cfg.output.path
     if not out:
-        raise ValueError("no output given (--output PATH)")
+        raise ConfigError("no output given (--output PATH)")
     spark = get_spark(cfg.spark)
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
     t0 = time.perf_counter()
@@ -42,6 +42,8 @@ def segment_job(cfg: PipelineConfig) -> int:
     seg = segment_notes(notes.notes, cfg.segment.backend, cfg.segment.include_text,
                         cfg.spark.partitions).persist(StorageLevel.MEMORY_AND_DISK)
     sentences, seg_rejects = split_segment_output(seg)
+    sentences = sentences.withColumn(
+        "fingerprint", F.lit(fingerprint("sentences", segment_settings(cfg))))
     write_table(sentences.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
                    mode=cfg.output.mode)
     rejects = notes.rejects.unionByName(seg_rejects).withColumn("run_id", F.lit(run_id))
@@ -61,7 +63,6 @@ def segment_job(cfg: PipelineConfig) -> int:
     rejects.unpersist()
     return 0
 
-
 def _sentences_with_text(spark, cfg: PipelineConfig, notes_path: str | None):
     fmt = cfg.input.format if cfg.input.format in ("parquet", "delta", "table") else "auto"
     sentences = io.read_table(spark, cfg.input.path, fmt)
@@ -70,25 +71,25 @@ def _sentences_with_text(spark, cfg: PipelineConfig, notes_path: str | None):
         return attach_text(sentences, io.read_notes(spark, ncfg).notes)
     if "text" not in sentences.columns or sentences.where(
             F.col("text").isNotNull()).limit(1).count() == 0:
-        raise ValueError("the sentences table has no text (written with --no-text); "
+        raise InputError("the sentences table has no text (written with --no-text); "
                          "pass --notes PATH so the text is re-read from the notes")
     return sentences
-
 
 def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     from .spark.encode import embed_sentences
 
     out = cfg.output.path
     if not out:
-        raise ValueError("no output given (--output PATH)")
+        raise ConfigError("no output given (--output PATH)")
     if not cfg.input.path:
-        raise ValueError("no input given (--input SENTENCES)")
+        raise ConfigError("no input given (--input SENTENCES)")
     preflight(cfg.encode.model, cfg.encode.revision, cfg.encode.allow_pickle)
     spark = get_spark(cfg.spark)
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
     sentences = _sentences_with_text(spark, cfg, notes_path)
     t0 = time.perf_counter()
     emb, acc = embed_sentences(sentences, cfg.encode, cfg.spark.partitions)
+    emb = emb.withColumn("fingerprint", F.lit(fingerprint("embeddings", embed_settings(cfg))))
     emb = emb.persist(StorageLevel.MEMORY_AND_DISK)
     write_table(emb.drop("status").withColumn("run_id", F.lit(run_id)), out,
                    cfg.output.format, mode=cfg.output.mode)
@@ -109,13 +110,12 @@ def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     emb.unpersist()
     return 0
 
-
 def predict_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     from .spark.encode import predict_sentences
 
     out = cfg.output.path
     if not out:
-        raise ValueError("no output given (--output PATH)")
+        raise ConfigError("no output given (--output PATH)")
     model, revision = cfg.predict_model()
     preflight_head(model, revision, cfg.encode.allow_pickle, cfg.predict.task)
     spark = get_spark(cfg.spark)
@@ -139,12 +139,11 @@ def predict_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     preds.unpersist()
     return 0
 
-
 def pipeline_job(cfg: PipelineConfig) -> int:
     from .pipeline import Pipeline
 
     if not cfg.output.root:
-        raise ValueError("no output root given (--output-root PATH)")
+        raise ConfigError("no output root given (--output-root PATH)")
     stages = set(cfg.run.stages)
     if "embed" in stages:
         preflight(cfg.encode.model, cfg.encode.revision, cfg.encode.allow_pickle)

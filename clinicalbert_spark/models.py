@@ -77,7 +77,9 @@ def preflight_head(model: str, revision: str | None, allow_pickle: bool, task: s
     preflight(model, revision, allow_pickle)
     found = detect_task(resolve_model_path(model), revision) if task == "auto" else task
     if found == "embed":
-        raise ValueError(
+        from .encode.errors import TaskMismatchError
+
+        raise TaskMismatchError(
             f"model {model} has no prediction head (a bare encoder): predict needs a "
             "fill-mask or classification checkpoint (--predict.model PATH); use the embed "
             "stage for vectors")

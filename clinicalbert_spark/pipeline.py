@@ -59,6 +59,25 @@ def _model_identity(model: str, revision: str | None) -> tuple[str, str | None]:
     return model_identity(model, revision)
 
 
+def segment_settings(cfg: PipelineConfig) -> dict:
+    """What determines the sentences table's rows (its fingerprint)."""
+    from .segment import get_segmenter
+
+    seg = get_segmenter(cfg.segment.backend)
+    return {"backend": seg.name, "version": seg.version,
+            "include_text": cfg.segment.include_text}
+
+
+def embed_settings(cfg: PipelineConfig) -> dict:
+    """What determines a vector (the embeddings table's fingerprint)."""
+    e = cfg.encode
+    model_id, revision = _model_identity(e.model, e.revision)
+    return {"model": model_id, "revision": revision, "pooling": e.pooling,
+            "normalize": e.normalize, "max_length": e.max_length, "stride": e.stride,
+            "long_policy": e.long_policy, "precision": e.precision,
+            "embedding_dtype": e.embedding_dtype}
+
+
 class Pipeline:
     """One run of the pipeline over one input into one output root."""
 
@@ -109,21 +128,12 @@ class Pipeline:
         return fp
 
     def segment_fingerprint(self) -> str:
-        from .segment import get_segmenter
-
-        seg = get_segmenter(self.cfg.segment.backend)
-        return self._fp("sentences", {"backend": seg.name, "version": seg.version,
-                                      "include_text": self.cfg.segment.include_text})
+        return self._fp("sentences", segment_settings(self.cfg))
 
     def embed_fingerprint(self) -> str:
-        e = self.cfg.encode
-        model_id, revision = _model_identity(e.model, e.revision)
-        self.stats.model, self.stats.model_revision = model_id, revision
-        return self._fp("embeddings", {
-            "model": model_id, "revision": revision, "pooling": e.pooling,
-            "normalize": e.normalize, "max_length": e.max_length, "stride": e.stride,
-            "long_policy": e.long_policy, "precision": e.precision,
-            "embedding_dtype": e.embedding_dtype})
+        settings = embed_settings(self.cfg)
+        self.stats.model, self.stats.model_revision = settings["model"], settings["revision"]
+        return self._fp("embeddings", settings)
 
     def predict_fingerprint(self) -> str:
         model, revision = self.cfg.predict_model()

@@ -12,7 +12,7 @@ import run_pipeline
 def test_missing_model_folder(tmp_path, capsys):
     rc = embed_sentences.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"),
                                "--model", str(tmp_path / "nope")])
-    assert rc == 1
+    assert rc == 5  # model error (clinicalbert_spark.errors)
     assert "is not a directory" in capsys.readouterr().err
 
 
@@ -21,7 +21,7 @@ def test_model_folder_without_weights(tmp_path, capsys):
     (tmp_path / "m" / "config.json").write_text("{}")
     rc = run_pipeline.main(["--input", str(tmp_path), "--output-root", str(tmp_path / "o"),
                             "--model", str(tmp_path / "m")])
-    assert rc == 1
+    assert rc == 5  # model error (clinicalbert_spark.errors)
     assert "has no weights" in capsys.readouterr().err
 
 
@@ -31,14 +31,14 @@ def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path, capsys):
     m = build_tiny_bert(tmp_path / "m", save_format="pickle")
     rc = predict.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"),
                        "--model", str(m)])
-    assert rc == 1
+    assert rc == 5  # model error (clinicalbert_spark.errors)
     assert "pickle" in capsys.readouterr().err
 
 
 def test_hub_id_offline_says_how_to_download(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     rc = embed_sentences.main(["--input", str(tmp_path), "--output", str(tmp_path / "o")])
-    assert rc == 1
+    assert rc == 5  # model error (clinicalbert_spark.errors)
     err = capsys.readouterr().err
     assert "emilyalsentzer/Bio_ClinicalBERT" in err and "--model /models/" in err
 
@@ -54,5 +54,5 @@ def test_predict_with_a_headless_model_is_one_clear_error(tmp_path, capsys):
     m = build_tiny_bert(tmp_path / "m")  # a bare encoder: no fill-mask or classifier head
     rc = predict.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"),
                        "--model", str(m)])
-    assert rc == 1
+    assert rc == 5  # model error (clinicalbert_spark.errors)
     assert "has no prediction head" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 from deltalake import DeltaTable
 
 from conftest import read_csv_notes
-from clinicalbert_spark.spark.schemas import SENTENCES
+from clinicalbert_spark.schemas import SENTENCES
 
 SENTENCE_COLUMNS = [f.name for f in SENTENCES.fields] + ["run_id"]
 
@@ -77,7 +77,7 @@ def test_bad_corpus_every_record_accounted(spark, tmp_path):
 
 def test_bad_flags_give_clear_errors(spark, tmp_path, capsys):
     assert _run_segment(["--input", str(tmp_path / "missing.csv"),
-                         "--output", str(tmp_path / "o")]) == 1
+                         "--output", str(tmp_path / "o")]) == 3  # input error
     assert _run_segment(["--input", "x", "--output", "o", "--encode.pooling", "max"]) == 2
     err = capsys.readouterr().err
     assert "input not found" in err and "encode.pooling" in err
