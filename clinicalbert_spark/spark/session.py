@@ -130,7 +130,10 @@ def ensure_private_dir(path: Path) -> None:
     if stat.S_ISLNK(lst.st_mode) and lst.st_uid != uid:
         raise OutputError(f"scratch folder {path} is a link owned by another user (uid "
                           f"{lst.st_uid}); set spark.scratch_dir or {SCRATCH_ENV}")
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:  # a dangling link
+        raise OutputError(f"scratch folder {path}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise OutputError(f"scratch folder {path} is not a folder; set spark.scratch_dir "
                           f"or {SCRATCH_ENV}")
