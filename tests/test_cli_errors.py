@@ -81,10 +81,11 @@ def test_missing_model_is_exit_5(tmp_path):
     _assert_clean(p)
 
 
-def test_own_error_before_spark_keeps_its_message(tmp_path):
+def test_missing_output_flag_is_exit_2(tmp_path):
     p = _job("segment_notes.py", ["--input", str(tmp_path)])  # no --output
-    assert p.returncode == 1
-    assert _last_error_line(p) == "error: ValueError: no output given (--output PATH)"
+    assert p.returncode == 2
+    assert _last_error_line(p) == "error: no output given (--output PATH)"
+    assert len([x for x in p.stderr.splitlines() if x.strip()]) == 1
     _assert_clean(p)
 
 
