@@ -151,13 +151,16 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 _LIVE_TOKENS: set[str] = set()  # locks this process holds (an in-process crash drops its own)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    except OSError:
+        return True  # unknown: keep what it owns
     return True
 
 
@@ -192,7 +195,7 @@ class RootLock:
         if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
             if owner["pid"] == os.getpid():
                 return owner.get("token") not in _LIVE_TOKENS
-            if not _pid_alive(owner["pid"]):
+            if not pid_alive(owner["pid"]):
                 return True
         return age > self.stale_s
 

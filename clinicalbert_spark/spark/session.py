@@ -10,7 +10,6 @@ at normal exit; folders of this host whose process is gone are deleted by the ne
 from __future__ import annotations
 
 import atexit
-import errno
 import logging
 import os
 import secrets
@@ -26,6 +25,7 @@ from pyspark.sql import SparkSession
 from ..config import SparkConfig
 from ..errors import OutputError
 from ..logs import debug_enabled
+from ..state import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +145,6 @@ def ensure_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError as e:
-        return e.errno != errno.ESRCH
-    return True
-
-
 def _rmtree(path: Path) -> None:
     def retry_writable(func, p, _exc):  # a read-only folder inside: open it up and retry
         try:
@@ -184,7 +172,7 @@ def remove_stale_scratch(root: Path) -> int:
         if not entry.is_dir(follow_symlinks=False):
             continue
         pid = int(parts[1])
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         _rmtree(Path(entry.path))
         n += 1
