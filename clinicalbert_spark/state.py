@@ -393,10 +393,13 @@ class TableStore:
         key = spec.key
         existing = self.read(spec) if self.exists(spec.name) else None
         cols = [f.name for f in spec.stored_schema.fields]
-        new = None
+        new, added = None, 0
         if add is not None:
             new = conform(add.withColumn(PARTITION_COLUMN, F.lit(self.run_id)),
                           spec.stored_schema)
+            added = new.count()
+            if added == 0 and existing is not None:
+                new = None  # nothing to add: touch no partition for it
         if existing is None:
             affected: list[str] = []
             staged = new
@@ -415,8 +418,8 @@ class TableStore:
             if kept is not None and by_part:
                 kept = _null_safe_join(kept, stale.select(*key), key, "left_anti")
             staged = kept if new is None else (new if kept is None else kept.unionByName(new))
-        added = 0 if new is None else new.count()
-        if not affected and new is None:
+        if (existing is None and new is None) or (
+                existing is not None and not affected and not replace_all):
             return CommitResult(0, 0, 0)
         if self.fmt == "parquet":
             self._commit_parquet(spec, staged, affected, replace_all, existing is not None)
@@ -479,6 +482,8 @@ class TableStore:
 
         table = self.path(spec.name)
         if spark_has_delta(self.spark):
+            if staged is None:
+                staged = self.spark.createDataFrame([], spec.stored_schema)
             w = staged.write.format("delta").partitionBy(PARTITION_COLUMN).mode("overwrite")
             if not (replace_all or creating):
                 if not affected:
