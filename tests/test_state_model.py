@@ -38,9 +38,9 @@ COLUMNS = ["ROW_ID", "SUBJECT_ID", "HADM_ID", "CATEGORY", "ISERROR", "TEXT"]
 
 settings.register_profile("long", max_examples=25, stateful_step_count=12, deadline=None,
                           suppress_health_check=list(HealthCheck))
-# make test: a few short programs, no shrinking (each step is a Spark run; the printed
-# failing program is short anyway). Nightly: --hypothesis-profile=long.
-PROFILE = settings(max_examples=2, stateful_step_count=5, deadline=None, database=None,
+# make test: one program of 6 steps per format, no shrinking (each step is a Spark run; the
+# printed failing program is short anyway). Nightly: --hypothesis-profile=long.
+PROFILE = settings(max_examples=1, stateful_step_count=6, deadline=None, database=None,
                    phases=[Phase.explicit, Phase.generate],
                    suppress_health_check=list(HealthCheck))
 

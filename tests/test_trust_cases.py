@@ -261,3 +261,39 @@ def test_output_root_that_is_a_file(spark, tiny_bert, tmp_path):
     root.write_text("not a folder")
     with pytest.raises(OutputError, match="is a file"):
         Pipeline(_cfg(inp, root, tiny_bert, "r"), spark).run()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+                    reason="needs root to run the job as an unprivileged user")
+def test_read_only_output_root_is_one_line(tmp_path):
+    """Root ignores permission bits, so the job runs as nobody against a 0555 folder."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="cbs-ro-"))
+    try:
+        base.chmod(0o755)
+        inp = _csv(base / "n.csv", [("1", "7", "0", GOOD + " " + TOKEN)])
+        inp.chmod(0o644)
+        root = base / "out"
+        root.mkdir(mode=0o555)
+        root.chmod(0o555)
+        scratch = base / "scratch"
+        scratch.mkdir()
+        shutil.chown(scratch, 65534, 65534)
+        env = dict(os.environ, HOME=str(base), PYTHONUNBUFFERED="1",
+                   PYTHONPATH=str(ROOT), CBS_SCRATCH_DIR=str(scratch))
+        env.pop("TMPDIR", None)
+        p = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             str(ROOT / "jobs" / "run_pipeline.py"), "--input", str(inp), "--output-root",
+             str(root), "--stages", "segment", "--spark.master", "local[1]",
+             "--spark.scratch_dir", str(scratch),
+             "--set", "spark.conf={spark.ui.enabled: 'false'}"],
+            capture_output=True, text=True, env=env, cwd=str(base), timeout=600)
+        assert p.returncode == 4, p.stderr[-2000:]
+        err = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+        assert len(err) == 1 and "permission" in err[0], p.stderr[-2000:]
+        assert "Traceback" not in p.stderr and TOKEN not in p.stdout + p.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
