@@ -116,25 +116,22 @@ class TableStateMachine(RuleBasedStateMachine):
             assert row["status"] == "succeeded"
 
     # ------------------------------------------------------------------ operations
-    @initialize(new=st.lists(texts, min_size=1, max_size=3))
-    def first_delivery(self, new):
+    def _new_notes(self, texts_) -> list[tuple[str, str, str]]:
         rows = []
-        for t in new:
+        for t in texts_:
             nid = str(self.next_id)
             self.next_id += 1
             self.corpus[nid] = t
             rows.append((nid, t, "0"))
-        self._run(rows)
+        return rows
+
+    @initialize(new=st.lists(texts, min_size=1, max_size=3))
+    def first_delivery(self, new):
+        self._run(self._new_notes(new))
 
     @rule(new=st.lists(texts, min_size=1, max_size=2), split=st.booleans())
     def add_notes(self, new, split):
-        rows = []
-        for t in new:
-            nid = str(self.next_id)
-            self.next_id += 1
-            self.corpus[nid] = t
-            rows.append((nid, t, "0"))
-        self._run(rows, split=split)
+        self._run(self._new_notes(new), split=split)
 
     @precondition(lambda self: self.corpus)
     @rule(data=st.data(), text=texts)
