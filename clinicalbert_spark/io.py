@@ -1,28 +1,24 @@
-"""Readers for note corpora, writers for output tables, and the rejects account.
+"""Readers for note corpora and tables, and the rejects account (writing and table state:
+:mod:`clinicalbert_spark.state`).
 
 Everything here is Spark glue over plain files: notes come from a MIMIC-III NOTEEVENTS CSV,
-Parquet, Delta or a catalog table; tables go to Parquet or Delta. Note text never appears in
-a log line or exception message raised here.
+Parquet, Delta or a catalog table. Note text never appears in a log line or exception
+message raised here.
 
 CSV notes are read with Python's csv module through a Spark Python data source
 (:mod:`clinicalbert_spark.csv_source`) so that the text is exactly as stored; columns are
 found by name (ignoring case where that is unambiguous) and read by position.
 
-Delta: when the SparkSession has the ``io.delta`` jars (Databricks, EMR, ``--packages``)
-Spark's own Delta reader and writer are used. Otherwise (these machines, plain pip installs)
-Spark writes the Parquet data files and the driver commits them to the Delta log in one
-transaction with ``deltalake`` (delta-rs): no data passes through the driver and a table
-holds either all of a write's files or none of them.
+Delta: when the session is configured for Spark's own Delta source (the io.delta extension
+or catalog, or Databricks) it reads Delta; otherwise the current version's files are listed
+with ``deltalake`` (delta-rs) and read as Parquet.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 from urllib.parse import urlparse
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -114,12 +110,18 @@ def infer_format(path: str, spark: SparkSession | None = None) -> str:
 
 
 def spark_has_delta(spark: SparkSession) -> bool:
-    """True when Spark's own Delta data source (the io.delta jars) is on the classpath."""
-    try:
-        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")  # type: ignore[union-attr]
-        return True
-    except Exception:  # noqa: BLE001 - py4j raises a generic error for a missing class
-        return False
+    """True when the session is set up for Spark's own Delta source: the io.delta extension or
+    catalog is configured, or it is a Databricks runtime. Read from the session's settings
+    only (no py4j), so it also answers over Spark Connect."""
+    def conf(key: str) -> str:
+        try:
+            return spark.conf.get(key, "") or ""
+        except Exception:  # noqa: BLE001 - a setting the server will not show
+            return ""
+
+    return ("DeltaSparkSessionExtension" in conf("spark.sql.extensions")
+            or "DeltaCatalog" in conf("spark.sql.catalog.spark_catalog")
+            or bool(conf("spark.databricks.clusterUsageTags.sparkVersion")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,157 +523,3 @@ def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
         F.col("reject_detail").alias("detail"),
     )
     return Notes(notes=notes, rejects=rejects)
-
-
-# --------------------------------------------------------------------------------------------
-# Writing tables
-
-
-def table_exists(spark: SparkSession, path: str, fmt: str) -> bool:
-    if fmt == "delta":
-        return is_delta_path(path)
-    # A folder left by a failed first write holds no data file: that is no table yet.
-    jvm = spark._jvm  # type: ignore[union-attr]
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-    if not fs.exists(hpath):
-        return False
-    files = fs.listFiles(hpath, True)
-    while files.hasNext():
-        p = files.next().getPath()
-        name = p.getName()
-        if name.endswith(".parquet") and "/_" not in p.toUri().getPath()[len(path):]:
-            return True
-    return False
-
-
-def delete_path(spark: SparkSession, path: str) -> None:
-    jvm = spark._jvm  # type: ignore[union-attr]
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-    if fs.exists(hpath):
-        fs.delete(hpath, True)
-
-
-def write_table(
-    df: DataFrame,
-    path: str,
-    fmt: str = "parquet",
-    mode: str = "overwrite",
-    partition_by: str | None = None,
-    replace_partitions: Iterable[str] | None = None,
-) -> None:
-    """Write ``df`` as a Parquet or Delta table.
-
-    With ``partition_by`` and ``replace_partitions``, only those partition values are
-    replaced (every other partition is left as it is); values absent from ``df`` are emptied.
-    This is what makes a re-run of the same run id idempotent.
-    """
-    spark = df.sparkSession
-    if fmt not in ("parquet", "delta"):
-        raise ValueError(f"unknown output format {fmt!r}")
-    replace = sorted(set(replace_partitions or []))
-    if fmt == "parquet":
-        writer = df.write.option("compression", "zstd")
-        if partition_by:
-            writer = writer.partitionBy(partition_by)
-        if replace:
-            for value in replace:  # partitions the new data does not recreate must still go
-                delete_path(spark, f"{path.rstrip('/')}/{partition_by}={value}")
-            writer.mode("append").parquet(path)
-        else:
-            writer.mode(mode).parquet(path)
-        return
-    if spark_has_delta(spark):
-        writer = df.write.format("delta")
-        if partition_by:
-            writer = writer.partitionBy(partition_by)
-        if replace:
-            cond = " OR ".join(f"{partition_by} = '{_sql_str(v)}'" for v in replace)
-            writer.mode("overwrite").option("replaceWhere", cond).save(path)
-        else:
-            writer.mode(mode).save(path)
-        return
-    _write_delta_rs(df, path, mode, partition_by, replace)
-
-
-def _sql_str(v: str) -> str:
-    return v.replace("'", "''")
-
-
-def _write_delta_rs(df: DataFrame, path: str, mode: str, partition_by: str | None,
-                    replace: list[str]) -> None:
-    """Spark writes the data files, the driver commits them with delta-rs in one transaction."""
-    import pyarrow as pa
-    from deltalake import DeltaTable
-    from deltalake import Schema as DeltaSchema
-    from deltalake.exceptions import CommitFailedError
-    from deltalake.transaction import AddAction, create_table_with_add_actions
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    if not _is_local(path):
-        raise NotImplementedError(
-            "writing Delta to object stores needs Spark's Delta jars (spark.jars.packages "
-            "io.delta:delta-spark_2.13:<version>); delta-rs commits here cover local paths"
-        )
-    root = _local(path)
-    staging_rel = f"data-{uuid.uuid4().hex[:12]}"
-    staging = root / staging_rel
-    writer = df.write.option("compression", "zstd")
-    if partition_by:
-        writer = writer.partitionBy(partition_by)
-    writer.mode("overwrite").parquet(str(staging))
-
-    data_cols = [f for f in df.schema.fields if f.name != partition_by]
-    part_cols = [f for f in df.schema.fields if f.name == partition_by]
-    arrow_schema = to_arrow_schema(T.StructType(data_cols + part_cols), timezone="UTC")
-    actions = []
-    for f in sorted(staging.rglob("*.parquet")):
-        rel = f.relative_to(root).as_posix()
-        pvals: dict[str, str | None] = {}
-        if partition_by:
-            seg = f.parent.name
-            assert seg.startswith(partition_by + "="), seg
-            raw = seg.split("=", 1)[1]
-            from urllib.parse import unquote
-
-            pvals[partition_by] = None if raw == "__HIVE_DEFAULT_PARTITION__" else unquote(raw)
-        st = f.stat()
-        actions.append(AddAction(rel, st.st_size, pvals, int(st.st_mtime * 1000), True,
-                                 json.dumps({"numRecords": _parquet_rows(f)})))
-    parts = [partition_by] if partition_by else None
-    for attempt in range(5):
-        try:
-            if not DeltaTable.is_deltatable(str(root)):
-                if mode == "error" and root.exists() and any(
-                        p.name != staging_rel for p in root.iterdir()):
-                    raise FileExistsError(f"output {path} exists")
-                create_table_with_add_actions(
-                    str(root), DeltaSchema.from_arrow(pa.schema(arrow_schema)), actions,
-                    mode="overwrite", partition_by=parts)
-                return
-            dt = DeltaTable(str(root))
-            if replace:
-                filters = [(partition_by, "in", replace)]
-                dt.create_write_transaction(actions, mode="overwrite", schema=dt.schema(),
-                                            partition_by=parts, partition_filters=filters)
-            elif mode == "append":
-                dt.create_write_transaction(actions, mode="append", schema=dt.schema(),
-                                            partition_by=parts)
-            elif mode == "error":
-                raise FileExistsError(f"output {path} exists")
-            else:
-                dt.create_write_transaction(
-                    actions, mode="overwrite",
-                    schema=DeltaSchema.from_arrow(pa.schema(arrow_schema)), partition_by=parts)
-            return
-        except CommitFailedError:
-            if attempt == 4:
-                raise
-            log.warning("Delta commit to %s raced another writer; retrying", path)
-
-
-def _parquet_rows(f: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(f).metadata.num_rows
