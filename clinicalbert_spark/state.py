@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import urlparse
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -655,10 +655,6 @@ def _parquet_rows(f: Path) -> int:
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(f).metadata.num_rows
-
-
-def key_columns(spec: TableSpec) -> list[Column]:
-    return [F.col(c) for c in spec.key]
 
 
 def rows_not_in(df: DataFrame, other: DataFrame, cols: Iterable[str]) -> DataFrame:
