@@ -14,7 +14,7 @@ from .config import PipelineConfig
 from .errors import ConfigError, InputError
 from .models import preflight, preflight_head
 from .pipeline import embed_settings, segment_settings
-from .spark.text import attach_text
+from .spark.text import as_sentences, attach_text
 
 from .state import fingerprint, new_run_id, sanitise_run_id, write_table
 from .spark.session import get_spark
@@ -65,18 +65,19 @@ def segment_job(cfg: PipelineConfig) -> int:
 
 def _sentences_with_text(spark, cfg: PipelineConfig, notes_path: str | None):
     fmt = cfg.input.format if cfg.input.format in ("parquet", "delta", "table") else "auto"
-    sentences = io.read_table(spark, cfg.input.path, fmt)
+    c = cfg.sentence_columns
+    sentences = as_sentences(io.read_input_table(spark, cfg.input.path, fmt), c.id_column,
+                             c.index_column, c.text_column)
     if notes_path:  # fills the text of rows written with --no-text
         ncfg = cfg.input.model_copy(update={"path": notes_path, "format": "auto"})
         return attach_text(sentences, io.read_notes(spark, ncfg).notes)
-    if "text" not in sentences.columns or sentences.where(
-            F.col("text").isNotNull()).limit(1).count() == 0:
+    if sentences.where(F.col("text").isNotNull()).limit(1).count() == 0:
         raise InputError("the sentences table has no text (written with --no-text); "
                          "pass --notes PATH so the text is re-read from the notes")
     return sentences
 
 def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
-    from .spark.encode import embed_sentences
+    from .spark.encode import STATS_COLUMNS, embed_sentences, sum_stats
 
     out = cfg.output.path
     if not out:
@@ -88,22 +89,23 @@ def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
     sentences = _sentences_with_text(spark, cfg, notes_path)
     t0 = time.perf_counter()
-    emb, acc = embed_sentences(sentences, cfg.encode, cfg.spark.partitions)
+    emb = embed_sentences(sentences, cfg.encode, cfg.spark.partitions)
     emb = emb.withColumn("fingerprint", F.lit(fingerprint("embeddings", embed_settings(cfg))))
     emb = emb.persist(StorageLevel.MEMORY_AND_DISK)
-    write_table(emb.drop("status").withColumn("run_id", F.lit(run_id)), out,
-                   cfg.output.format, mode=cfg.output.mode)
+    write_table(emb.drop("status", *STATS_COLUMNS).withColumn("run_id", F.lit(run_id)), out,
+                cfg.output.format, mode=cfg.output.mode)
     secs = time.perf_counter() - t0
     a = emb.agg(F.count("*").alias("n"), F.sum("n_tokens").alias("tok"),
                 F.sum("n_windows").alias("win"), F.sum(F.col("truncated").cast("int")).alias("tr"),
                 F.sum((F.col("status") != "ok").cast("int")).alias("bad")).first()
+    st = sum_stats(emb)
     n, tok = a["n"] or 0, a["tok"] or 0
     print_summary("embed_sentences summary", {
         "run id": run_id, "model": cfg.encode.model, "sentences": n,
         "rows without usable text (null vector)": a["bad"] or 0, "tokens": tok,
         "windows": a["win"] or 0, "truncated": a["tr"] or 0,
-        "padding efficiency": f"{tok / max(acc.padded_tokens.value, 1):.3f}",
-        "OOM retries (token budget halved)": acc.oom_retries.value,
+        "padding efficiency": f"{tok / max(st['padded_tokens'], 1):.3f}",
+        "OOM retries (token budget halved)": st["oom_retries"],
         "sentences/s": f"{n / max(secs, 1e-9):.1f}", "tokens/s": f"{tok / max(secs, 1e-9):.0f}",
         "embeddings table": f"{out} ({cfg.output.format})", "seconds": f"{secs:.1f}",
     })

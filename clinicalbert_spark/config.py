@@ -52,6 +52,16 @@ class InputConfig(_Section):
     delivery: Literal["upsert", "snapshot"] = "upsert"
 
 
+class SentenceColumns(_Section):
+    """Which columns of a sentences table the embed and predict jobs read (any table: one
+    written by another tool needs only an id, an index and the text; ``note_hash``, offsets
+    and section are used when present, else null, the hash then taken of the text)."""
+
+    id_column: str = "note_id"
+    index_column: str = "sentence_index"
+    text_column: str = "text"
+
+
 class SegmentConfig(_Section):
     backend: str = "rules"
     include_text: bool = True  # sentence text is PHI: --no-text leaves it out of the tables
@@ -90,6 +100,8 @@ class OutputConfig(_Section):
 
 class SparkConfig(_Section):
     master: Optional[str] = None  # None: spark-submit's choice, else local[*]
+    # Spark Connect server (sc://host:port); None: $SPARK_REMOTE, else a classic session.
+    remote: Optional[str] = None
     app_name: str = "clinicalbert-spark"
     # Rows per Arrow batch sent to the pandas UDFs (segmentation and encoding).
     arrow_batch_size: int = Field(default=2000, gt=0)
@@ -128,6 +140,7 @@ class RunConfig(_Section):
 
 class PipelineConfig(_Section):
     input: InputConfig = Field(default_factory=InputConfig)
+    sentence_columns: SentenceColumns = Field(default_factory=SentenceColumns)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)

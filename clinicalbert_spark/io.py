@@ -244,7 +244,9 @@ def _shown(names: list[str]) -> str:
 
 
 def _missing_columns_message(missing: list[str], names: list[str], fmt: str) -> str:
-    fix = "Set input.id_column / input.text_column for non-MIMIC corpora."
+    fix = ("Pass id_col= / text_col= naming them." if fmt == "dataframe" else
+           "Set --id-col / --text-col (input.id_column / input.text_column) for non-MIMIC "
+           "corpora.")
     if _look_like_names(names):
         return f"input lacks column(s) {missing}; found {_shown(names)}. {fix}"
     if fmt == "csv":
@@ -370,7 +372,7 @@ def _check_parquet_files(path: str) -> None:
                              "--input-format")
 
 
-def _read_input_table(spark: SparkSession, path: str, fmt: str) -> DataFrame:
+def read_input_table(spark: SparkSession, path: str, fmt: str) -> DataFrame:
     """``read_table`` for a note input: any failure to read it is one line naming no data."""
     if fmt in ("parquet", "delta"):
         # pandas writes datetime64[ns] as TIMESTAMP(NANOS), which Spark refuses unless it may
@@ -423,24 +425,36 @@ def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
                 f"{layout.header_fields} fields and ends inside quotes, holds undecodable bytes "
                 "or is over 1 MB); a header row naming the columns is required")
         names = layout.header
-    else:
-        raw = _read_input_table(spark, cfg.path, fmt)
-        names = raw.columns
-    cols = _resolve_columns(names, cfg, fmt)
-
-    status = F.lit(None).cast("string")  # malformed_record / invalid_utf8 found by the reader
-    if fmt == "csv":
+        cols = _resolve_columns(names, cfg, fmt)
         df = csv_source.read_csv_frame(  # only the columns used are read on and checked
             spark, layout, [cols["text"]], max_field_chars=2 * cfg.max_note_chars,
             select=[i for i in cols.values() if i is not None])
-        types: list[T.DataType] = [T.StringType()] * len(names)
-        status = F.col(csv_source.STATUS_COLUMN)
-        source_row = F.col(csv_source.ROW_COLUMN)
-    else:
-        types = [f.dataType for f in raw.schema.fields]
-        df = raw.toDF(*[csv_source.column_name(i) for i in range(len(names))])
-        # Arrival order within the corpus; it decides which of two duplicate ids is kept.
-        source_row = F.monotonically_increasing_id()
+        return _split_notes(df, names, [T.StringType()] * len(names), cols, cfg, fmt,
+                            status=F.col(csv_source.STATUS_COLUMN),
+                            source_row=F.col(csv_source.ROW_COLUMN))
+    return notes_from_frame(read_input_table(spark, cfg.path, fmt), cfg, fmt)
+
+
+def notes_from_frame(raw: DataFrame, cfg: InputConfig, fmt: str = "dataframe") -> Notes:
+    """Usable notes and rejects of any DataFrame whose columns ``cfg`` names
+    (``id_column``, ``text_column``, optional subject/hadm/category/iserror columns).
+
+    The same checks as :func:`read_notes` (ids, ISERROR, empty or invalid text, duplicate
+    ids); ``note_hash`` is computed here and ``source_row`` is the arrival order.
+    """
+    names = raw.columns
+    cols = _resolve_columns(names, cfg, fmt)
+    types = [f.dataType for f in raw.schema.fields]
+    df = raw.toDF(*[csv_source.column_name(i) for i in range(len(names))])
+    # Arrival order within the corpus; it decides which of two duplicate ids is kept.
+    return _split_notes(df, names, types, cols, cfg, fmt, status=F.lit(None).cast("string"),
+                        source_row=F.monotonically_increasing_id())
+
+
+def _split_notes(df: DataFrame, names: list[str], types: list[T.DataType],
+                 cols: dict[str, int | None], cfg: InputConfig, fmt: str, status: Column,
+                 source_row: Column) -> Notes:
+    """``status``: malformed_record / invalid_utf8 as found by the reader (CSV), else null."""
 
     values: dict[str, Column] = {}
     checks: list[tuple[str, Column]] = []  # (input column name, bytes valid)

@@ -250,31 +250,33 @@ class Pipeline:
         return todo
 
     def embed(self) -> None:
-        from .spark.encode import embed_sentences
+        from .spark.encode import STATS_COLUMNS, embed_sentences, sum_stats
 
         spec = SPECS["embeddings"]
         fp = self.embed_fingerprint()
         todo, stale = self._sentences_todo("embeddings", fp)
         todo = self._with_text(todo)
         t0 = time.perf_counter()
-        emb, acc = embed_sentences(todo, self.cfg.encode, self.cfg.spark.partitions)
+        emb = embed_sentences(todo, self.cfg.encode, self.cfg.spark.partitions)
         emb = self._persist(emb.withColumn("fingerprint", F.lit(fp)))
         agg = emb.agg(F.count("*").alias("n"), F.sum("n_tokens").alias("tok"),
                       F.sum("n_windows").alias("win"),
                       F.sum(F.col("truncated").cast("int")).alias("trunc"),
                       F.sum((F.col("status") != "ok").cast("int")).alias("bad")).first()
+        st = sum_stats(emb)
         secs = time.perf_counter() - t0
-        res = self.store.commit(spec, emb.drop("status"), stale, replace_all=self.full)
+        res = self.store.commit(spec, emb.drop("status", *STATS_COLUMNS), stale,
+                                replace_all=self.full)
         n, tok = agg["n"] or 0, agg["tok"] or 0
         self.stats.add(sentences_embedded=n, tokens=tok, windows=agg["win"] or 0,
-                       truncated=agg["trunc"] or 0, padded_tokens=acc.padded_tokens.value,
-                       oom_retries=acc.oom_retries.value, embeddings_removed=res.removed)
+                       truncated=agg["trunc"] or 0, padded_tokens=st["padded_tokens"],
+                       oom_retries=st["oom_retries"], embeddings_removed=res.removed)
         self.stats.extra["embed_seconds"] = secs
         log.info("embed: %d sentences, %d tokens in %.1f s (%.1f sentences/s, %.0f tokens/s), "
                  "%d windows, %d empty rows, padding efficiency %.3f, OOM retries %d, "
                  "%d stale vectors removed", n, tok, secs, n / max(secs, 1e-9),
                  tok / max(secs, 1e-9), agg["win"] or 0, agg["bad"] or 0,
-                 tok / max(acc.padded_tokens.value, 1), acc.oom_retries.value, res.removed)
+                 tok / max(st["padded_tokens"], 1), st["oom_retries"], res.removed)
 
     def predict(self) -> None:
         from .spark.encode import predict_sentences

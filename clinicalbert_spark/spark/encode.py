@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..config import EncodeConfig, PredictConfig
@@ -26,21 +26,22 @@ log = logging.getLogger(__name__)
 
 CHUNK_ROWS = int(os.environ.get("CBS_ENCODE_CHUNK_ROWS", "16384"))
 
-# What the UDFs emit: the table's columns less the fingerprint the stage stamps on.
-EMBED_UDF_OUTPUT = T.StructType(
-    [T.StructField(f.name, f.dataType, True) for f in schemas.EMBEDDINGS.fields
-     if f.name != "fingerprint"] + [T.StructField("status", T.StringType())]
-)
-PREDICT_UDF_OUTPUT = T.StructType(
-    [f for f in schemas.PREDICTIONS.fields if f.name != "fingerprint"])
-
-
-@dataclass
-class EncodeAccumulators:
-    padded_tokens: object
-    real_tokens: object
-    oom_retries: object
-    batches: object
+# What the UDFs add to the columns they keep: the embedding and its accounting.
+EMBED_RESULT = T.StructType(
+    [T.StructField(n, schemas.EMBEDDINGS[n].dataType, True) for n in
+     ("model", "model_revision", "pooling", "dim", "n_tokens", "n_windows", "truncated",
+      "embedding")] + [T.StructField("status", T.StringType())])
+PREDICT_RESULT = T.StructType(
+    [T.StructField(n, schemas.PREDICTIONS[n].dataType, True) for n in
+     ("model", "model_revision", "task", "label", "score", "probabilities", "spans", "status")])
+# Batch accounting, on the first row of each chunk (null elsewhere): summed with a DataFrame
+# aggregate after the write, so it works over Spark Connect (no accumulators) and is not
+# double-counted when Spark retries a task.
+STATS = T.StructType([T.StructField(n, T.LongType()) for n in
+                      ("_padded_tokens", "_real_tokens", "_oom_retries", "_batches")])
+STATS_COLUMNS = STATS.fieldNames()
+# The columns of a sentences table that the embed/predict stages carry into their tables.
+SENTENCE_KEEP = ["note_id", "sentence_index", "start", "end", "section_category", "note_hash"]
 
 
 def _encoder_config(cfg: EncodeConfig):
@@ -67,9 +68,11 @@ def get_encoder(cfg: EncodeConfig):
     key = ("encoder", cfg.model_dump_json(), str(device))
 
     def factory():
+        from ..models import executor_model_path  # local folder the driver resolved; no hub
+
         _limit_threads()
-        loaded = load_model(resolve_model_path(cfg.model), cfg.revision, task="embed",
-                            allow_pickle=cfg.allow_pickle)
+        loaded = load_model(executor_model_path(cfg.model, cfg.revision), cfg.revision,
+                            task="embed", local_files_only=True)
         return SentenceEncoder(loaded, _encoder_config(cfg), device=device)
 
     return get_cached(key, factory)
@@ -84,9 +87,11 @@ def get_predictor(model: str, revision: str | None, pcfg: PredictConfig, ecfg: E
            str(device))
 
     def factory():
+        from ..models import executor_model_path  # local folder the driver resolved; no hub
+
         _limit_threads()
-        loaded = load_model(resolve_model_path(model), revision, task=pcfg.task,
-                            allow_pickle=ecfg.allow_pickle)
+        loaded = load_model(executor_model_path(model, revision), revision, task=pcfg.task,
+                            local_files_only=True)
         return Predictor(loaded, _encoder_config(ecfg), top_k=pcfg.top_k, device=device)
 
     return get_cached(key, factory)
@@ -139,69 +144,143 @@ def inject_fault(stage: str) -> None:
         raise RuntimeError(f"injected fault in stage {stage} (CBS_INJECT_FAULT)")
 
 
+def _output_schema(df: DataFrame, keep: list[str], result: T.StructType,
+                   stats: bool) -> T.StructType:
+    fields = [T.StructField(c, df.schema[c].dataType, True) for c in keep] + result.fields
+    return T.StructType(fields + (STATS.fields if stats else []))
+
+
+def _stats_columns(out: dict, n: int, stats) -> None:
+    for name, value in zip(STATS_COLUMNS, (stats.padded_tokens, stats.real_tokens,
+                                           stats.oom_retries, stats.batches)):
+        out[name] = pd.array([int(value)] + [None] * (n - 1), dtype="Int64") if n else []
+
+
 def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: str,
-                  revision: str | None, acc: EncodeAccumulators | None = None
-                  ) -> Iterator[pd.DataFrame]:
+                  revision: str | None, text_col: str = "text", keep: list[str] | None = None,
+                  stats: bool = False) -> Iterator[pd.DataFrame]:
+    """Arrow batches of sentence rows -> the kept columns plus :data:`EMBED_RESULT`."""
     enc = get_encoder(cfg)
+    keep = list(keep or [])
     for pdf in _chunks(batches, CHUNK_ROWS):
         inject_fault("embed")
-        res = enc.encode(pdf["text"].tolist())
+        res = enc.encode(pdf[text_col].tolist())
         ok = np.asarray([s == "ok" for s in res.status])
         # Spark SQL has no half type: float16 vectors are widened (their values stay rounded).
         emb = res.embeddings.astype(np.float32, copy=False)
-        out = pd.DataFrame({
-            "note_id": pdf["note_id"], "sentence_index": pdf["sentence_index"],
-            "start": pdf["start"], "end": pdf["end"],
-            "section_category": pdf["section_category"], "model": model_id,
-            "model_revision": revision, "pooling": cfg.pooling, "dim": int(enc.dim),
-            "n_tokens": res.n_tokens.astype(np.int32),
-            "n_windows": res.n_windows.astype(np.int32),
-            "truncated": res.truncated.astype(bool),
+        n = len(pdf)
+        out = {c: pdf[c] for c in keep}
+        out.update({
+            "model": model_id, "model_revision": revision, "pooling": cfg.pooling,
+            "dim": int(enc.dim), "n_tokens": res.n_tokens.astype(np.int32),
+            "n_windows": res.n_windows.astype(np.int32), "truncated": res.truncated.astype(bool),
             # Rows with no usable text get a null vector, never a fake zero one.
-            "embedding": [emb[i] if ok[i] else None for i in range(len(pdf))],
-            "note_hash": pdf["note_hash"], "status": res.status,
+            "embedding": [emb[i] if ok[i] else None for i in range(n)],
+            "status": res.status,
         })
-        if acc is not None:
-            acc.padded_tokens.add(int(res.stats.padded_tokens))
-            acc.real_tokens.add(int(res.stats.real_tokens))
-            acc.oom_retries.add(int(res.stats.oom_retries))
-            acc.batches.add(int(res.stats.batches))
-        yield out
+        if stats:
+            _stats_columns(out, n, res.stats)
+        yield pd.DataFrame(out, index=pdf.index)
+
+
+def encoder_series_udf(cfg: EncodeConfig):
+    """A scalar-iterator pandas UDF ``string -> array<float>`` over the cached encoder;
+    Arrow batches are gathered into chunks so that length sorting works across them."""
+    from pyspark.sql.functions import pandas_udf
+
+    def encode(it: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        enc = get_encoder(cfg)
+        for batches in _series_chunks(it, CHUNK_ROWS):
+            texts = [t if isinstance(t, str) else "" for b in batches for t in b.tolist()]
+            res = enc.encode(texts)
+            emb = res.embeddings.astype(np.float32, copy=False)
+            vectors = [emb[i] if s == "ok" else None for i, s in enumerate(res.status)]
+            at = 0
+            for b in batches:  # one output per input batch, in order
+                yield pd.Series(vectors[at:at + len(b)], index=b.index, dtype=object)
+                at += len(b)
+
+    return pandas_udf(encode, T.ArrayType(T.FloatType()))
+
+
+def _series_chunks(it: Iterator[pd.Series], rows: int) -> Iterator[list[pd.Series]]:
+    buf, n = [], 0
+    for s in it:
+        buf.append(s)
+        n += len(s)
+        if n >= rows:
+            yield buf
+            buf, n = [], 0
+    if buf:
+        yield buf
+
+
+def task_slots(spark) -> int:
+    """How many tasks to spread encoding over: ``spark.default.parallelism`` when set, else
+    ``spark.sql.shuffle.partitions``: read from the session's settings, so the same on
+    Spark Connect (which has no SparkContext) as on a classic session."""
+    for key in ("spark.default.parallelism", "spark.sql.shuffle.partitions"):
+        try:
+            value = spark.conf.get(key, None)
+        except Exception:  # noqa: BLE001 - a key Connect will not show
+            value = None
+        if value and str(value).isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 2
 
 
 def _spread(df: DataFrame, partitions: int | None) -> DataFrame:
     """Give every task slot work: a small sentences table is often one Parquet file, i.e. one
-    partition, which would leave all but one executor core (and GPU share) idle."""
-    if partitions:
-        return df.repartition(partitions)
-    slots = df.sparkSession.sparkContext.defaultParallelism
-    if df.rdd.getNumPartitions() < slots:
-        return df.repartition(slots)
-    return df
+    partition, which would leave all but one executor core (and GPU share) idle. A round-robin
+    repartition also evens out partitions of very different sizes."""
+    return df.repartition(partitions or task_slots(df.sparkSession))
 
 
-def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | None = None
-                    ) -> tuple[DataFrame, EncodeAccumulators]:
-    """Embeddings of every sentence row (``note_id, sentence_index, start, end, text, ...``).
+def require_columns(df: DataFrame, cols: list[str], what: str) -> None:
+    """One line naming the missing columns and the ones there are (names only, never data)."""
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        from ..errors import InputError
 
-    Returns the DataFrame (``schemas.EMBEDDINGS`` plus ``status``) and accumulators that hold
-    padded/real token and OOM-retry counts once an action has run.
-    """
+        shown = df.columns[:30] + (["..."] if len(df.columns) > 30 else [])
+        raise InputError(f"{what} lacks column(s) {missing}; it has {shown}")
+
+
+def embed_frame(df: DataFrame, cfg: EncodeConfig, text_col: str = "text",
+                keep: list[str] | None = None, partitions: int | None = None,
+                stats: bool = False) -> DataFrame:
+    """Embeddings of ``df[text_col]``: the ``keep`` columns plus :data:`EMBED_RESULT`
+    (and :data:`STATS` when ``stats``). The model is resolved once here, on the driver."""
     preflight(cfg.model, cfg.revision, cfg.allow_pickle)
+    keep = list(keep if keep is not None else [])
+    require_columns(df, [text_col, *keep], "the input")
     if cfg.embedding_dtype == "float16":
         log.warning("embedding_dtype=float16: vectors are rounded to half precision, but the "
                     "table stores array<float> (Spark SQL has no 16-bit float type)")
-    sc = sentences.sparkSession.sparkContext
-    acc = EncodeAccumulators(sc.accumulator(0), sc.accumulator(0), sc.accumulator(0),
-                             sc.accumulator(0))
     model_id, revision = model_identity(cfg.model, cfg.revision)
-    cols = ["note_id", "sentence_index", "start", "end", "section_category", "text", "note_hash"]
-    df = _spread(sentences.select(*cols), partitions)
+    cols = list(dict.fromkeys([*keep, text_col]))
+    src = _spread(df.select(*cols), partitions)
+    schema = _output_schema(src, keep, EMBED_RESULT, stats)
 
     def fn(it):
-        return embed_batches(it, cfg, model_id, revision, acc)
+        return embed_batches(it, cfg, model_id, revision, text_col, keep, stats)
 
-    return df.mapInPandas(fn, EMBED_UDF_OUTPUT), acc
+    return src.mapInPandas(fn, schema)
+
+
+def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | None = None
+                    ) -> DataFrame:
+    """The embeddings stage on a sentences table: ``schemas.EMBEDDINGS`` (less fingerprint)
+    plus ``status`` and the :data:`STATS` columns."""
+    emb = embed_frame(sentences, cfg, "text", SENTENCE_KEEP, partitions, stats=True)
+    names = [f.name for f in schemas.EMBEDDINGS.fields if f.name != "fingerprint"]
+    return emb.select(*names, "status", *STATS_COLUMNS)
+
+
+def sum_stats(df: DataFrame) -> dict[str, int]:
+    """The summed :data:`STATS` of an embed output (run one action on a persisted frame)."""
+    row = df.agg(*[F.sum(c).alias(c) for c in STATS_COLUMNS]).first()
+    return {c.lstrip("_"): int((row[c] if row is not None else 0) or 0) for c in STATS_COLUMNS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,29 +289,34 @@ def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | N
 
 def predict_batches(batches: Iterator[pd.DataFrame], model: str, revision: str | None,
                     pcfg: PredictConfig, ecfg: EncodeConfig, model_id: str,
-                    recorded_revision: str | None) -> Iterator[pd.DataFrame]:
+                    recorded_revision: str | None, text_col: str = "text",
+                    keep: list[str] | None = None, start_col: str | None = "start"
+                    ) -> Iterator[pd.DataFrame]:
+    """Arrow batches of sentence rows -> the kept columns plus :data:`PREDICT_RESULT`.
+    Spans are offsets into the note when ``start_col`` (the sentence's offset) is given."""
     pred = get_predictor(model, revision, pcfg, ecfg)
     task = pred.loaded.task
-    cols = PREDICT_UDF_OUTPUT.fieldNames()
+    keep = list(keep or [])
+    cols = PREDICT_RESULT.fieldNames()
     for pdf in _chunks(batches, CHUNK_ROWS):
-        results = pred.predict(pdf["text"].tolist())
-        rows = []
-        for (_, r), res in zip(pdf.iterrows(), results):
-            rows.append(_prediction_row(r, res, task, model_id, recorded_revision))
-        yield pd.DataFrame(rows, columns=cols)
+        results = pred.predict(pdf[text_col].tolist())
+        offsets = (pdf[start_col].tolist() if start_col and start_col in pdf.columns
+                   else [0] * len(pdf))
+        rows = [_prediction_row(res, task, model_id, recorded_revision, off)
+                for res, off in zip(results, offsets)]
+        out = pd.DataFrame(rows, columns=cols, index=pdf.index)
+        yield pd.concat([pdf[keep], out], axis=1)
 
 
-def _prediction_row(r, res, task, model_id, revision) -> dict:
+def _prediction_row(res, task, model_id, revision, offset) -> dict:
     base = {
-        "note_id": r["note_id"], "sentence_index": r["sentence_index"], "start": r["start"],
-        "end": r["end"], "section_category": r["section_category"], "model": model_id,
-        "model_revision": revision, "task": task, "label": None, "score": None,
-        "probabilities": None, "spans": None, "note_hash": r["note_hash"],
+        "model": model_id, "model_revision": revision, "task": task, "label": None,
+        "score": None, "probabilities": None, "spans": None,
         "status": getattr(res, "status", "ok") if res is not None else "empty_text",
     }
     if res is None or base["status"] != "ok":
         return base
-    off = int(r["start"])  # predictions carry offsets relative to the sentence
+    off = 0 if offset is None or pd.isna(offset) else int(offset)
     if task == "sequence-classification":
         base["label"], base["score"] = res.label, float(res.score)
         base["probabilities"] = {k: float(v) for k, v in res.probabilities.items()}
@@ -249,16 +333,31 @@ def _prediction_row(r, res, task, model_id, revision) -> dict:
     return base
 
 
+def predict_frame(df: DataFrame, model: str, revision: str | None, pcfg: PredictConfig,
+                  ecfg: EncodeConfig, text_col: str = "text", keep: list[str] | None = None,
+                  start_col: str | None = None, partitions: int | None = None) -> DataFrame:
+    """Predictions of ``model``'s head for ``df[text_col]``: ``keep`` plus
+    :data:`PREDICT_RESULT`. Span offsets are relative to the text, or to the note when
+    ``start_col`` holds the sentence's offset in it."""
+    model_id, recorded_revision = model_identity(model, revision)
+    preflight_head(model, revision, ecfg.allow_pickle, pcfg.task)
+    keep = list(keep if keep is not None else [])
+    require_columns(df, [text_col, *keep, *([start_col] if start_col else [])], "the input")
+    cols = list(dict.fromkeys([*keep, text_col, *([start_col] if start_col else [])]))
+    src = _spread(df.select(*cols), partitions)
+    schema = _output_schema(src, keep, PREDICT_RESULT, False)
+
+    def fn(it):
+        return predict_batches(it, model, revision, pcfg, ecfg, model_id, recorded_revision,
+                               text_col, keep, start_col)
+
+    return src.mapInPandas(fn, schema)
+
+
 def predict_sentences(sentences: DataFrame, model: str, revision: str | None,
                       pcfg: PredictConfig, ecfg: EncodeConfig,
                       partitions: int | None = None) -> DataFrame:
-    """Predictions of ``model``'s head for every sentence row (``schemas.PREDICTIONS`` less ``fingerprint``)."""
-    model_id, recorded_revision = model_identity(model, revision)
-    preflight_head(model, revision, ecfg.allow_pickle, pcfg.task)
-    cols = ["note_id", "sentence_index", "start", "end", "section_category", "text", "note_hash"]
-    df = _spread(sentences.select(*cols), partitions)
-
-    def fn(it):
-        return predict_batches(it, model, revision, pcfg, ecfg, model_id, recorded_revision)
-
-    return df.mapInPandas(fn, PREDICT_UDF_OUTPUT)
+    """The predict stage on a sentences table (``schemas.PREDICTIONS`` less ``fingerprint``)."""
+    out = predict_frame(sentences, model, revision, pcfg, ecfg, "text", SENTENCE_KEEP,
+                        "start", partitions)
+    return out.select(*[f.name for f in schemas.PREDICTIONS.fields if f.name != "fingerprint"])
