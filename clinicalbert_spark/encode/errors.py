@@ -25,8 +25,12 @@ class MissingModelFileError(ModelLoadError):
 
 
 class PickleCheckpointError(ModelLoadError):
-    """The checkpoint holds only pickle weights (``pytorch_model.bin``) and
-    ``allow_pickle`` was not set. Unpickling runs arbitrary code, so it is opt-in."""
+    """A pickle checkpoint (``pytorch_model.bin``) needs full unpickling: it references
+    something other than tensors and plain containers (a ``__reduce__`` calling a function,
+    a pickled class), so loading it could run code. Pickle weights load only through
+    torch's weights-only unpickler; such a file is refused and nothing in it is executed.
+    There is no opt-in (``allow_pickle`` is deprecated and has no effect). Like every
+    :class:`EncodeError`, the jobs exit with code 5 (model error) for it."""
 
 
 class TaskMismatchError(ModelLoadError):

@@ -1,15 +1,32 @@
 """Loading a BERT-family checkpoint (local directory or Hugging Face hub id).
 
-Security defaults: safetensors only (pickle weights are opt-in through
-``allow_pickle``) and ``trust_remote_code=False`` always, so loading a model
-never executes code shipped with it.
+Security: loading a model never executes code shipped with it.
+
+* ``model.safetensors`` is preferred whenever it exists (transformers reads it,
+  ``use_safetensors=True``).
+* A pickle-only checkpoint (``pytorch_model.bin``, e.g. Bio_ClinicalBERT's main
+  branch) is read by this module with torch's weights-only unpickler
+  (``torch.load(..., weights_only=True)``: tensors and plain containers only, no
+  code runs) and handed to ``from_pretrained(None, config=..., state_dict=...)``, so
+  transformers never opens the pickle itself. A pickle that needs anything more
+  (a ``__reduce__`` calling a function, a pickled module, numpy objects) is refused
+  with :class:`PickleCheckpointError`. There is no way to opt into full unpickling:
+  ``torch.load`` is only ever called with ``weights_only=True``.
+* ``trust_remote_code=False`` always; model classes come from transformers' own
+  mapping.
+
+``allow_pickle`` is deprecated and has no effect (weights-only loading needs no
+opt-in; full unpickling is never allowed).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +41,8 @@ from .errors import (
     TaskMismatchError,
 )
 
-__all__ = ["LoadedModel", "load_model", "detect_task", "TASKS", "DEFAULT_MODEL"]
+__all__ = ["LoadedModel", "load_model", "load_pickle_state_dict", "check_pickle_weights",
+           "detect_task", "TASKS", "DEFAULT_MODEL"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +52,12 @@ TASKS = ("embed", "fill-mask", "sequence-classification", "token-classification"
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
-# Files fetched from the hub: configs, tokenizer, weights (pickle only if allowed).
+# Files fetched from the hub: configs, tokenizer, safetensors weights; the pickle weights
+# only when a revision has no safetensors (never other *.bin files such as
+# training_args.bin, which need full unpickling).
 _HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+_HUB_PICKLE_PATTERNS = ["pytorch_model.bin", "pytorch_model-*.bin"]
+_SHARD_NAME = re.compile(r"^[\w.\-]+\.bin$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -89,38 +111,147 @@ def _download_hint(model: str) -> str:
     name = model.rsplit("/", 1)[-1]
     return (
         f"Download it once on a machine with hub access, e.g.\n"
-        f"    huggingface-cli download {model} --local-dir /models/{name}\n"
+        f"    hf download {model} --local-dir /models/{name}\n"
+        f"(huggingface-cli download with huggingface_hub < 1.0)\n"
         f"or in Python: huggingface_hub.snapshot_download('{model}', local_dir='/models/{name}'),\n"
         f"copy the directory to the cluster and pass its path (--model /models/{name})."
     )
 
 
-def _pickle_hint(where: str) -> str:
+_warned_allow_pickle = False
+
+
+def warn_allow_pickle(allow_pickle: bool) -> None:
+    """Log once per process that ``allow_pickle`` no longer does anything."""
+    global _warned_allow_pickle
+    if allow_pickle and not _warned_allow_pickle:
+        _warned_allow_pickle = True
+        logger.warning(
+            "allow_pickle (--allow-pickle) is deprecated and has no effect: pytorch_model.bin "
+            "loads by default with torch's weights-only unpickler, and a pickle that needs "
+            "full unpickling is always refused")
+
+
+def _unsafe_pickle_message(file: Path, exc: BaseException) -> str:
+    # torch's message is many lines and advises allow-listing; keep only the culprit's name.
+    m = re.search(r"GLOBAL ([\w.]{1,200})", str(exc))
+    what = f"it references {m.group(1)}" if m else "it holds more than tensors"
     return (
-        f"{where} has only pickle weights (pytorch_model.bin). Loading pickle can execute "
-        "arbitrary code, so it is refused by default. Either pass allow_pickle=True "
-        "(--allow-pickle) for a checkpoint you trust, or convert it once to safetensors: "
-        "load it with transformers and call model.save_pretrained(dir) (writes "
-        "model.safetensors), or use safetensors.torch.save_file(torch.load(bin), "
-        "'model.safetensors'). On the hub a safetensors conversion may exist on a PR "
-        "branch: pass revision='refs/pr/<N>'."
+        f"refusing {file}: it needs full unpickling ({what}), which can run code; "
+        "pickle checkpoints load with torch's weights-only unpickler (tensors only). "
+        "Use a checkpoint of plain tensors, or its safetensors version from a source you "
+        "trust (on the hub a conversion may be on a PR branch: revision refs/pr/<N>)"
     )
 
 
-def _check_local_dir(path: Path, allow_pickle: bool) -> None:
-    """Raise a precise error if ``path`` lacks config, weights or tokenizer."""
+def _pickle_files(path: Path) -> list[Path]:
+    """The ``pytorch_model*.bin`` files of a pickle-only checkpoint (shards from the index)."""
+    index = path / "pytorch_model.bin.index.json"
+    if not index.is_file():
+        return [path / "pytorch_model.bin"]
+    try:
+        names = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"could not read {index}: {type(exc).__name__}") from exc
+    bad = [n for n in names if not isinstance(n, str) or not _SHARD_NAME.match(n)]
+    if bad or not names:
+        raise ModelLoadError(f"{index} names no usable shard files (plain *.bin names in {path})")
+    missing = [n for n in names if not (path / n).is_file()]
+    if missing:
+        raise MissingModelFileError(f"model directory {path} lacks weight shard {missing[0]}")
+    return [path / n for n in names]
+
+
+def _torch_load_weights_only(file: Path) -> dict:
+    """``torch.load(file, weights_only=True)``: tensors only, no code runs.
+
+    Memory-maps zip-format files (``torch.save`` since 1.6), so validating a checkpoint
+    reads little. Raises :class:`PickleCheckpointError` (one line) for a pickle that needs
+    full unpickling, :class:`ModelLoadError` for an unreadable file or one that is not a
+    flat ``{name: tensor}`` state dict.
+    """
+    try:
+        mmap = zipfile.is_zipfile(file)
+        sd = torch.load(str(file), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise PickleCheckpointError(_unsafe_pickle_message(file, exc)) from exc
+    except Exception as exc:  # truncated or corrupt file
+        raise ModelLoadError(f"could not read weights {file}: {type(exc).__name__}") from exc
+    if not isinstance(sd, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise ModelLoadError(
+            f"{file} is not a state dict of tensors (a {type(sd).__name__}); save the weights "
+            "with model.save_pretrained(dir)")
+    return sd
+
+
+def load_pickle_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of a pickle-only checkpoint folder, read with the weights-only unpickler.
+
+    Parameters
+    ----------
+    path : str or path
+        Folder holding ``pytorch_model.bin`` (or ``pytorch_model.bin.index.json`` and
+        its shards).
+
+    Returns
+    -------
+    state_dict : dict of str to torch.Tensor
+
+    Raises
+    ------
+    PickleCheckpointError
+        A file needs full unpickling (it would run code); nothing in it was executed.
+    """
+    sd: dict[str, torch.Tensor] = {}
+    for file in _pickle_files(Path(path)):
+        sd.update(_torch_load_weights_only(file))
+    return sd
+
+
+# (file, size, mtime_ns) -> weight names, for pickle files already checked in this process.
+_CHECKED_PICKLES: dict[tuple[str, int, int], list[str]] = {}
+
+
+def check_pickle_weights(path: str | os.PathLike) -> list[str]:
+    """Check that a pickle-only checkpoint loads weights-only; return its weight names.
+
+    Used on the driver (preflight) so an unsafe pickle is one clear error before any task
+    starts. Zip-format files are memory-mapped, so little is read; results are memoised
+    per file (path, size, mtime).
+    """
+    names: list[str] = []
+    for file in _pickle_files(Path(path)):
+        st = file.stat()
+        key = (str(file.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _CHECKED_PICKLES:
+            _CHECKED_PICKLES[key] = list(_torch_load_weights_only(file))
+        names.extend(_CHECKED_PICKLES[key])
+    return names
+
+
+def _weights_format(path: Path) -> str | None:
+    """``"safetensors"`` (preferred), ``"pickle"`` or None (no weights)."""
+    if any((path / f).is_file() for f in _SAFE_WEIGHTS):
+        return "safetensors"
+    if any((path / f).is_file() for f in _PICKLE_WEIGHTS):
+        return "pickle"
+    return None
+
+
+def _check_local_dir(path: Path, allow_pickle: bool = False) -> None:
+    """Raise a precise error if ``path`` lacks config, weights or tokenizer.
+
+    Only checks that the files are there; :func:`check_pickle_weights` checks a pickle's
+    content. ``allow_pickle`` is ignored (deprecated).
+    """
     if not (path / "config.json").is_file():
         raise MissingModelFileError(f"model directory {path} has no config.json")
-    if not any((path / f).is_file() for f in _SAFE_WEIGHTS):
-        if any((path / f).is_file() for f in _PICKLE_WEIGHTS):
-            if not allow_pickle:
-                raise PickleCheckpointError(_pickle_hint(f"model directory {path}"))
-        else:
-            raise MissingModelFileError(
-                f"model directory {path} has no weights: expected model.safetensors "
-                "(or model.safetensors.index.json for sharded weights)"
-                + ("" if not allow_pickle else " or pytorch_model.bin")
-            )
+    if _weights_format(path) is None:
+        raise MissingModelFileError(
+            f"model directory {path} has no weights: expected model.safetensors "
+            "(or model.safetensors.index.json for sharded weights) or pytorch_model.bin"
+        )
     if not any((path / f).is_file() for f in _TOKENIZER_FILES):
         raise MissingModelFileError(
             f"model directory {path} has no tokenizer: expected tokenizer.json or vocab.txt"
@@ -128,9 +259,13 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
 
 
 def _resolve_hub(
-    model: str, revision: str | None, allow_pickle: bool, offline: bool
+    model: str, revision: str | None, offline: bool
 ) -> tuple[Path, str | None]:
-    """Fetch (or find in the HF cache) a hub snapshot; return (dir, commit)."""
+    """Fetch (or find in the HF cache) a hub snapshot; return (dir, commit).
+
+    Fetches configs, tokenizer and safetensors; only when the revision has no safetensors,
+    ``pytorch_model*.bin`` too (a second call pinned to the commit the first resolved).
+    """
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
@@ -140,13 +275,21 @@ def _resolve_hub(
         )
     except ImportError as exc:  # pragma: no cover
         raise ModelNotAvailableError(f"huggingface_hub is required to resolve {model!r}") from exc
-    patterns = list(_HUB_PATTERNS) + (["*.bin"] if allow_pickle else [])
     try:
         path = Path(
             snapshot_download(
-                model, revision=revision, allow_patterns=patterns, local_files_only=offline
+                model, revision=revision, allow_patterns=_HUB_PATTERNS, local_files_only=offline
             )
         )
+        if _weights_format(path) is None:
+            # Pickle-only revision (Bio_ClinicalBERT's main branch): fetch its weights.
+            pinned = path.name if _COMMIT.match(path.name) else revision
+            path = Path(
+                snapshot_download(
+                    model, revision=pinned, allow_patterns=_HUB_PATTERNS + _HUB_PICKLE_PATTERNS,
+                    local_files_only=offline,
+                )
+            )
     except LocalEntryNotFoundError as exc:
         why = (
             "offline mode (HF_HUB_OFFLINE=1 or local_files_only) and it is not in the local HF cache"
@@ -167,14 +310,11 @@ def _resolve_hub(
             f"could not fetch model {model!r}: {exc}\n" + _download_hint(model)
         ) from exc
     commit = path.name if _COMMIT.match(path.name) else revision
-    if not any((path / f).is_file() for f in _SAFE_WEIGHTS + (_PICKLE_WEIGHTS if allow_pickle else ())):
-        if not allow_pickle:
-            # *.bin was deliberately not fetched; hub BERT checkpoints without
-            # safetensors (Bio_ClinicalBERT's main branch) are pickle-only.
-            raise PickleCheckpointError(
-                _pickle_hint(f"hub model {model!r} (revision {revision or 'main'})")
-                + " (no model.safetensors found in this revision)"
-            )
+    if _weights_format(path) is None:
+        raise MissingModelFileError(
+            f"hub model {model!r} (revision {revision or 'main'}) has no weights in {path} "
+            "(model.safetensors or pytorch_model.bin)"
+            + ("; offline, so only the local HF cache was read" if offline else ""))
     return path, commit
 
 
@@ -222,6 +362,13 @@ def _task_from_weight_names(path: Path) -> str:
 
             with safe_open(str(path / "model.safetensors"), framework="pt") as f:
                 names = list(f.keys())
+        elif (path / "pytorch_model.bin.index.json").is_file():
+            names = list(json.loads(
+                (path / "pytorch_model.bin.index.json").read_text()).get("weight_map", {}))
+        elif (path / "pytorch_model.bin").is_file():
+            names = check_pickle_weights(path)  # weights-only, memory-mapped
+    except PickleCheckpointError:
+        raise
     except Exception:  # unreadable header: fall back to "embed"
         logger.debug("could not read weight names in %s", path, exc_info=True)
     if any(n.startswith("cls.predictions.") for n in names):
@@ -246,8 +393,9 @@ def detect_task(model_dir_or_id: str | os.PathLike, revision: str | None = None)
         ``"fill-mask"`` for ``*ForMaskedLM`` / ``*ForPreTraining``,
         ``"sequence-classification"``, ``"token-classification"``, else
         ``"embed"`` (plain ``BertModel``). Without an ``architectures``
-        field, a local safetensors checkpoint holding ``cls.predictions.*``
-        weights is ``"fill-mask"``.
+        field, a checkpoint holding ``cls.predictions.*`` weights is
+        ``"fill-mask"`` (names read from the safetensors header, or from a
+        pickle with the weights-only unpickler).
     """
     path = Path(model_dir_or_id).expanduser()
     if not path.is_dir():
@@ -305,27 +453,45 @@ def _quiet_transformers():
     return ctx()
 
 
-def _from_pretrained(cls, path: Path, task: str, allow_pickle: bool, **extra):
+def _from_pretrained(cls, path: Path, config, **extra):
     with _quiet_transformers():
-        return _from_pretrained_inner(cls, path, task, allow_pickle, **extra)
+        return _from_pretrained_inner(cls, path, config, **extra)
 
 
-def _from_pretrained_inner(cls, path: Path, task: str, allow_pickle: bool, **extra):
+def _from_pretrained_inner(cls, path: Path, config, **extra):
     kwargs = dict(
-        use_safetensors=None if allow_pickle else True,
         trust_remote_code=False,
         output_loading_info=True,
         local_files_only=True,
         **extra,
     )
+    if _weights_format(path) == "safetensors":
+        # transformers reads the safetensors itself (memory-mapped); never a .bin.
+        source, kwargs["use_safetensors"] = str(path), True
+    else:
+        # Pickle only: we unpickle weights-only and hand over the tensors, so transformers
+        # opens no pickle. from_pretrained(None, state_dict=...) needs the concrete class
+        # (built-in mapping from the config type; no remote code can be involved) and
+        # still applies its key renames (LayerNorm gamma/beta, base-model prefix).
+        from transformers.models.auto.auto_factory import _get_model_class
+
+        try:
+            cls = _get_model_class(config, cls._model_mapping)
+        except (KeyError, ValueError) as exc:
+            raise ModelLoadError(
+                f"no built-in {cls.__name__} class for model type "
+                f"{getattr(config, 'model_type', None)!r} in {path}") from exc
+        source = None
+        kwargs.update(config=copy.deepcopy(config), state_dict=load_pickle_state_dict(path),
+                      use_safetensors=False)
     try:
-        return cls.from_pretrained(str(path), attn_implementation="sdpa", **kwargs)
+        return cls.from_pretrained(source, attn_implementation="sdpa", **kwargs)
     except (ValueError, ImportError, NotImplementedError) as exc:
         if "sdpa" not in str(exc).lower() and "attn" not in str(exc).lower():
             raise
         # Architecture without an SDPA kernel: eager attention is correct, just slower.
         logger.info("SDPA unsupported for %s; falling back to eager attention", path)
-        return cls.from_pretrained(str(path), attn_implementation="eager", **kwargs)
+        return cls.from_pretrained(source, attn_implementation="eager", **kwargs)
 
 
 def load_model(
@@ -350,10 +516,13 @@ def load_model(
         require the checkpoint to contain that head's trained weights.
         ``"auto"`` uses :func:`detect_task`.
     allow_pickle : bool, default=False
-        Permit ``pytorch_model.bin`` weights (unpickling runs code; only for
-        trusted checkpoints). Safetensors are preferred when both exist.
+        Deprecated, no effect (logs a warning once when true). Safetensors are
+        preferred when present; a pickle-only checkpoint (``pytorch_model.bin``)
+        loads with torch's weights-only unpickler by default, and one that needs
+        full unpickling is always refused.
     local_files_only : bool, optional
         Never touch the network. Default: true when ``HF_HUB_OFFLINE`` is set.
+        Executors pass a local folder resolved on the driver and ``True``.
 
     Returns
     -------
@@ -367,7 +536,8 @@ def load_model(
     MissingModelFileError
         Local directory without config.json / weights / tokenizer.
     PickleCheckpointError
-        Only pickle weights and ``allow_pickle`` is false.
+        Pickle weights that need full unpickling (they would run code); nothing
+        in them was executed.
     TaskMismatchError
         A head task on a checkpoint without that head.
     """
@@ -375,16 +545,17 @@ def load_model(
 
     if task not in TASKS + ("auto",):
         raise ValueError(f"task must be one of {TASKS + ('auto',)}, got {task!r}")
+    warn_allow_pickle(allow_pickle)
     model_id = str(model)
     path = Path(model_id).expanduser()
     if path.is_dir():
-        _check_local_dir(path, allow_pickle)
+        _check_local_dir(path)
         resolved = _local_commit(path.resolve(), revision)
     elif path.is_absolute() or model_id.startswith((".", "~")) or not _HUB_ID.match(model_id):
         raise MissingModelFileError(f"model directory {model_id} does not exist")
     else:
-        path, resolved = _resolve_hub(model_id, revision, allow_pickle, _offline(local_files_only))
-        _check_local_dir(path, allow_pickle)
+        path, resolved = _resolve_hub(model_id, revision, _offline(local_files_only))
+        _check_local_dir(path)
 
     if task == "auto":
         task = detect_task(path)
@@ -402,7 +573,7 @@ def load_model(
     if task == "embed" and getattr(config, "model_type", None) in ("bert", "roberta", "xlm-roberta"):
         extra["add_pooling_layer"] = False  # we pool ourselves; skips an unused dense layer
     try:
-        net, info = _from_pretrained(_auto_class(task), path, task, allow_pickle, **extra)
+        net, info = _from_pretrained(_auto_class(task), path, config, **extra)
     except OSError as exc:
         raise ModelLoadError(f"could not load weights from {path}: {exc}") from exc
     missing = sorted(k for k in info.get("missing_keys", ()) if not _ignorable_missing(k))
