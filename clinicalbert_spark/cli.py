@@ -33,6 +33,7 @@ COMMON_ALIASES = {
     "--output-format": "output.format",
     "--no-text": None,  # handled as segment.include_text=false
     "--master": "spark.master",
+    "--remote": "spark.remote",
     "--run-id": "run.run_id",
     "--allow-pickle": "encode.allow_pickle",
 }
@@ -81,6 +82,9 @@ def run_job(main: Callable[[PipelineConfig], int], argv: list[str] | None, alias
             argv = [a for a in argv if a != "--no-text"] + ["--no-segment.include_text"]
         flags = {k: v for k, v in {**COMMON_ALIASES, **aliases}.items() if v}
         cfg = load_config(argv, aliases=flags, description=description)
+        from .io import absolute_paths
+
+        cfg = absolute_paths(cfg)
         check_output_location(cfg)
         return main(cfg)
     except KeyboardInterrupt:

@@ -69,7 +69,7 @@ def _sentences_with_text(spark, cfg: PipelineConfig, notes_path: str | None):
     sentences = as_sentences(io.read_input_table(spark, cfg.input.path, fmt), c.id_column,
                              c.index_column, c.text_column)
     if notes_path:  # fills the text of rows written with --no-text
-        ncfg = cfg.input.model_copy(update={"path": notes_path, "format": "auto"})
+        ncfg = cfg.input.model_copy(update={"path": io.absolute(notes_path), "format": "auto"})
         return attach_text(sentences, io.read_notes(spark, ncfg).notes)
     if sentences.where(F.col("text").isNotNull()).limit(1).count() == 0:
         raise InputError("the sentences table has no text (written with --no-text); "

@@ -72,6 +72,24 @@ def _local(path: str) -> Path:
     return Path(urlparse(path).path if path.startswith("file:") else path)
 
 
+def absolute(path: str | None) -> str | None:
+    """A relative local path made absolute: Spark executors (and a Spark Connect server) do
+    not share this process's working directory."""
+    if not path or not _is_local(path) or path.startswith("file:"):
+        return path
+    return str(Path(path).absolute())
+
+
+def absolute_paths(cfg):
+    """``cfg`` (a PipelineConfig) with its local input and output paths made absolute."""
+    inp = cfg.input
+    if inp.format != "table":
+        inp = inp.model_copy(update={"path": absolute(inp.path)})
+    out = cfg.output.model_copy(update={"path": absolute(cfg.output.path),
+                                        "root": absolute(cfg.output.root)})
+    return cfg.model_copy(update={"input": inp, "output": out})
+
+
 def is_delta_path(path: str) -> bool:
     if _is_local(path):
         return (_local(path) / "_delta_log").is_dir()

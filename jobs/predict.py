@@ -9,7 +9,9 @@ import sys
 from clinicalbert_spark.cli import pop_flag, run_job
 from clinicalbert_spark.commands import predict_job
 
-ALIASES = {"--output": "output.path", "--model": "encode.model",
+ALIASES = {"--id-col": "sentence_columns.id_column",
+           "--index-col": "sentence_columns.index_column",
+           "--text-col": "sentence_columns.text_column", "--output": "output.path", "--model": "encode.model",
            "--revision": "encode.revision", "--task": "predict.task", "--top-k": "predict.top_k",
            "--max-length": "encode.max_length"}
 

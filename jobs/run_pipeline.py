@@ -9,7 +9,8 @@ import sys
 from clinicalbert_spark.cli import run_job
 from clinicalbert_spark.commands import pipeline_job
 
-ALIASES = {"--output-root": "output.root", "--model": "encode.model",
+ALIASES = {"--id-col": "input.id_column", "--text-col": "input.text_column",
+           "--output-root": "output.root", "--model": "encode.model",
            "--revision": "encode.revision", "--pooling": "encode.pooling",
            "--max-length": "encode.max_length", "--stages": "run.stages",
            "--full-refresh": "run.full_refresh", "--predict": "predict.enabled",

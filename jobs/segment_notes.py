@@ -8,7 +8,8 @@ import sys
 from clinicalbert_spark.cli import run_job
 from clinicalbert_spark.commands import segment_job
 
-ALIASES = {"--output": "output.path", "--backend": "segment.backend"}
+ALIASES = {"--id-col": "input.id_column", "--text-col": "input.text_column",
+           "--output": "output.path", "--backend": "segment.backend"}
 
 
 def main(argv=None) -> int:

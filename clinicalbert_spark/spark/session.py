@@ -283,6 +283,17 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     """
     from pyspark import SparkContext
 
+    global _handed_out
+    active = active_session()
+    if active is not None:
+        # A notebook's or platform's session: its settings are the user's (README "From a
+        # notebook" lists what the pipeline wants); nothing is changed.
+        _handed_out += 1
+        log.info("using the active Spark session as it is")
+        return active
+    remote = cfg.remote or os.environ.get("SPARK_REMOTE")
+    if remote:
+        return _connect_session(cfg, remote)
     builder = SparkSession.builder.appName(cfg.app_name)
     if under_spark_submit():
         # spark-submit's --master (or spark-defaults) decides; spark.master from a config
@@ -309,7 +320,6 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     # Python workers must run the interpreter that has this package and torch installed.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    global _handed_out
     _handed_out += 1  # counted before the JVM starts: errors from here on may quote data
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("CBS_SPARK_LOG_LEVEL", "WARN"))
@@ -321,4 +331,49 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     ui = spark.sparkContext.uiWebUrl
     log.info("Spark %s, master %s, app %s%s", spark.version, spark.sparkContext.master,
              spark.sparkContext.applicationId, f", UI {ui}" if ui else "")
+    return spark
+
+
+def is_connect(spark) -> bool:
+    """True for a Spark Connect session (no SparkContext, no JVM in this process)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def active_session() -> SparkSession | None:
+    """The session this process already has (classic or Spark Connect), else None."""
+    try:
+        s = SparkSession.getActiveSession()
+    except Exception:  # noqa: BLE001 - no JVM yet / connect-only environment
+        s = None
+    if s is None:
+        try:
+            from pyspark.sql.connect.session import SparkSession as RemoteSession
+
+            s = RemoteSession.getActiveSession()
+        except Exception:  # noqa: BLE001 - the connect extras are not installed
+            s = None
+    return s
+
+
+def _connect_session(cfg: SparkConfig, remote: str) -> SparkSession:
+    """A Spark Connect session to ``remote`` (sc://host:port), made by this job: it takes the
+    job's SQL settings (the server's static settings are the server's)."""
+    global _handed_out
+    try:
+        import pyspark.sql.connect.session  # noqa: F401 - needs pyspark[connect]
+    except ImportError as e:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"Spark Connect needs the pyspark[connect] extras ({e.name} is not "
+                          "installed): pip install 'pyspark[connect]'") from None
+    _handed_out += 1
+    spark = SparkSession.builder.remote(remote).appName(cfg.app_name).getOrCreate()
+    conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_size),
+            **cfg.conf}
+    for k, v in conf.items():
+        try:
+            spark.conf.set(k, v)
+        except Exception:  # noqa: BLE001 - static settings belong to the server
+            log.info("Spark Connect: %s is the server's setting and was left as it is", k)
+    log.info("Spark %s over Spark Connect (%s)", spark.version, remote.split(";")[0])
     return spark
