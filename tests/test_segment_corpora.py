@@ -34,7 +34,7 @@ def test_rules_invariants_on_real_text(corpora):
     for name, notes in corpora.items():
         for note_id, text in notes:
             sentences = seg.segment(text)
-            problems = check_invariants(text, sentences, seg.sections(text))
+            problems = check_invariants(text, sentences, seg.sections(text), seg.subsections(text))
             if problems:
                 bad.append(f"{note_id}: {problems[:3]}")  # ids and offsets only, never text
             n_notes += 1

@@ -18,6 +18,10 @@ _PIECES = st.sampled_from([
     "\n", "\r\n", "\r", "\n\n", "\t", "  ", "\x00", "\ufffd", "\u00e9", "\u00a0", "\u2028",
     "\x0b", "\x1c", "Review of Systems", "Assessment:", "Vital signs", "pt", "The", "stable",
     "ALL CAPS LINE", "=", "NEURO=", "____", "e.g.", "Mr.", "x", "A.", " ", "(E.C.)",
+    "Physical Exam:", "HEENT:", "Review of Systems", "Constitutional:", "Assessment and Plan",
+    "# CHF:", "B. Diabetes", "1. Hypertension:", "Primary:", "MENTAL STATUS EXAM", "Mood:",
+    "All other systems negative.", "Electronically signed by", "Yours sincerely,", "pain.Denies",
+    "\"no pain.\" he said", "(three times a day)", "FINDINGS:", "LIVER:", "i. ii.", "Fig. 2",
 ])
 _TEXT = st.one_of(
     st.text(max_size=300),
@@ -31,7 +35,7 @@ _TEXT = st.one_of(
 def test_invariants_hold_for_arbitrary_text(text):
     sentences = SEG.segment(text)
     sections = SEG.sections(text)
-    assert check_invariants(text, sentences, sections) == []
+    assert check_invariants(text, sentences, sections, SEG.subsections(text)) == []
     if not text.strip():
         assert sentences == [] and sections == []
 
@@ -41,7 +45,7 @@ def test_very_large_note():
     base = "\n\n".join(n.text for n in load_gold())
     text = (base * (5_000_000 // len(base) + 1))[:5_000_000]
     sentences = SEG.segment(text)
-    assert check_invariants(text, sentences, SEG.sections(text)) == []
+    assert check_invariants(text, sentences, SEG.sections(text), SEG.subsections(text)) == []
     assert len(sentences) > 10_000
 
 
@@ -56,4 +60,4 @@ def test_very_large_note():
 ])
 def test_pathological_inputs(text):
     sentences = SEG.segment(text)
-    assert check_invariants(text, sentences, SEG.sections(text)) == []
+    assert check_invariants(text, sentences, SEG.sections(text), SEG.subsections(text)) == []

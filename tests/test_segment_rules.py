@@ -173,9 +173,14 @@ def test_indented_caps_headers_and_final_report():
 
 
 def test_unknown_caps_header_is_other():
-    text = "CARDIOLOGY CONSULT NOTE:\nSeen today.\nWEIRD HEADING: text here"
-    assert cats(text) == [("CARDIOLOGY CONSULT NOTE", UNKNOWN_CATEGORY),
+    text = "Seen today.\nCARDIOLOGY CONSULT NOTE:\nSeen today.\nWEIRD HEADING: text here"
+    assert cats(text) == [(None, PREAMBLE_CATEGORY), ("CARDIOLOGY CONSULT NOTE", UNKNOWN_CATEGORY),
                           ("WEIRD HEADING", UNKNOWN_CATEGORY)]
+
+
+def test_document_title_on_first_line_is_preamble():
+    text = "CARDIOLOGY CONSULT NOTE:\n\nHPI: 81 yo F with syncope."
+    assert cats(text) == [(None, PREAMBLE_CATEGORY), ("HPI", "history_of_present_illness")]
 
 
 @pytest.mark.parametrize("line", [
@@ -212,9 +217,23 @@ def test_inline_headers_mimic2_and_mtsamples():
     assert [c for _, c in cats(t2)] == ["subjective", "medications", "procedures"]
 
 
+def tree(text: str) -> list[tuple[str, str | None]]:
+    """(section_category, subsection_category) per sentence."""
+    return [(s.section_category, s.subsection_category) for s in SEG.segment(text)]
+
+
 def test_container_subheadings_keep_parent_category():
     text = "Discharge Diagnosis:\nPrimary:\nCHF\nSecondary:\nAF\n\nPertinent Results:\nLABS:\nNa 140\nCXR: clear"
-    assert [c for _, c in cats(text)] == ["discharge_diagnosis"] * 3 + ["pertinent_results"] * 3
+    assert [c for _, c in cats(text)] == ["discharge_diagnosis", "pertinent_results"]
+    assert [(s.title, s.category, s.parent) for s in SEG.subsections(text)] == [
+        ("Primary", "primary_diagnosis", 0), ("Secondary", "secondary_diagnosis", 0),
+        ("LABS", "labs_and_studies", 1), ("CXR", "imaging", 1)]
+    assert tree(text) == [
+        ("discharge_diagnosis", None), ("discharge_diagnosis", "primary_diagnosis"),
+        ("discharge_diagnosis", "primary_diagnosis"), ("discharge_diagnosis", "secondary_diagnosis"),
+        ("discharge_diagnosis", "secondary_diagnosis"), ("pertinent_results", None),
+        ("pertinent_results", "labs_and_studies"), ("pertinent_results", "labs_and_studies"),
+        ("pertinent_results", "imaging")]
 
 
 def test_metavision_headers():
@@ -229,7 +248,10 @@ def test_metavision_headers():
 def test_problem_oriented_assessment_and_plan_keeps_category():
     text = ("Assessment and Plan\n68M with UGIB.\nHYPOTENSION (NOT SHOCK)\n Assessment: better\n"
             " Plan: fluids\nICU Care\nNutrition: NPO")
-    assert [c for _, c in cats(text)] == ["assessment_and_plan"] * 4 + ["icu_care", "nutrition"]
+    assert [c for _, c in cats(text)] == ["assessment_and_plan", "icu_care", "nutrition"]
+    assert [(s.title, s.category) for s in SEG.subsections(text)] == [
+        ("HYPOTENSION (NOT SHOCK)", UNKNOWN_CATEGORY), ("Assessment", "assessment"),
+        ("Plan", "plan")]
 
 
 def test_sentences_within_sections_and_indexed():

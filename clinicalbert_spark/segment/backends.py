@@ -23,11 +23,11 @@ import importlib.util
 import re
 from typing import Callable
 
-from .sections import split_sections
+from .sections import split_sections, split_sections_tree
 from .sentences import sentence_cuts, spans
 from .types import Section, Sentence
 
-RULES_VERSION = "1.0.0"
+RULES_VERSION = "2.0.0"
 SCISPACY_MODELS = ("en_core_sci_md", "en_core_sci_sm")
 SCISPACY_INSTALL_HINT = (
     "the 'scispacy' segmenter needs a scispaCy model: pip install 'clinicalbert-spark[scispacy]' "
@@ -59,18 +59,25 @@ class Segmenter:
     version = RULES_VERSION
 
     def sections(self, text: str | None) -> list[Section]:
-        """Sections of ``text`` in order (``[]`` for None/empty/whitespace-only text)."""
+        """Top-level sections of ``text`` in order (``[]`` for None/empty/whitespace-only text)."""
         if not text or text.isspace():
             return []
         return split_sections(text)
+
+    def subsections(self, text: str | None) -> list[Section]:
+        """Sub-sections of ``text`` in order (inside container sections; ``parent`` is the
+        index of the enclosing top-level section)."""
+        if not text or text.isspace():
+            return []
+        return split_sections_tree(text)[1]
 
     def segment(self, text: str | None) -> list[Sentence]:
         """Sentences of ``text`` in order; ``sentence_index`` runs 0..n-1 over the whole note."""
         if not text or text.isspace():
             return []
-        sections = split_sections(text)
+        sections, subs = split_sections_tree(text)
         cuts = self._sentence_cuts(text, sections)
-        for sec in sections:
+        for sec in (*sections, *subs):
             cuts.append(sec.start)
             if sec.header_end is not None and sec.header_end < sec.end:
                 # A header alone on its line is a sentence of its own.
@@ -78,14 +85,28 @@ class Segmenter:
                     nm = _NONSPACE_RE.search(text, sec.header_end, sec.end)
                     if nm is not None:
                         cuts.append(nm.start())
+        for sub in subs:
+            # the text after a sub-section (back at the container's level) starts a sentence
+            nm = _NONSPACE_RE.search(text, sub.end, sections[sub.parent].end)
+            if nm is not None:
+                cuts.append(nm.start())
         out: list[Sentence] = []
         si = 0
         n_sec = len(sections)
+        ui = 0
+        n_sub = len(subs)
         for a, b in spans(text, cuts):
             while si + 1 < n_sec and sections[si + 1].start <= a:
                 si += 1
             sec = sections[si]
-            out.append(Sentence(sec.index, sec.title, sec.category, len(out), a, b))
+            while ui < n_sub and subs[ui].end <= a:
+                ui += 1
+            if ui < n_sub and subs[ui].start <= a:
+                sub = subs[ui]
+                out.append(Sentence(sec.index, sec.title, sec.category, len(out), a, b,
+                                    sub.title, sub.category, sub.index))
+            else:
+                out.append(Sentence(sec.index, sec.title, sec.category, len(out), a, b))
         return out
 
     def _sentence_cuts(self, text: str, sections: list[Section]) -> list[int]:

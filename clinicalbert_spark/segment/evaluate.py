@@ -161,8 +161,13 @@ def load_gold(directory: str | Path | None = None) -> list[GoldNote]:
 
 # --------------------------------------------------------------------------- invariants
 def check_invariants(text: str, sentences: Sequence[Sentence],
-                     sections: Sequence[Section] | None = None) -> list[str]:
-    """Offset-invariant violations (empty list when all hold). Messages never quote the text."""
+                     sections: Sequence[Section] | None = None,
+                     subsections: Sequence[Section] | None = None) -> list[str]:
+    """Offset-invariant violations (empty list when all hold). Messages never quote the text.
+
+    With ``subsections`` also: each lies inside its parent section, they are ordered and do not
+    overlap, and a sentence carries a sub-section exactly when it lies inside one (its title,
+    category and index)."""
     problems: list[str] = []
     prev_end = 0
     covered = 0
@@ -203,6 +208,31 @@ def check_invariants(text: str, sentences: Sequence[Sentence],
         for j in range(1, len(sections)):
             if sections[j].start < sections[j - 1].end:
                 problems.append(f"section {j} overlaps section {j - 1}")
+    if sections is not None and subsections is not None:
+        for k, sub in enumerate(subsections):
+            if sub.index != k or sub.parent is None or not 0 <= sub.parent < len(sections):
+                problems.append(f"subsection {k}: bad index or parent")
+                continue
+            par = sections[sub.parent]
+            if not (par.start <= sub.start < sub.end <= par.end):
+                problems.append(f"subsection {k}: outside its parent section {sub.parent}")
+            if k and sub.start < subsections[k - 1].end:
+                problems.append(f"subsection {k} overlaps or precedes subsection {k - 1}")
+        sub_starts = [u.start for u in subsections]
+        for i, s in enumerate(sentences):
+            j = bisect.bisect_right(sub_starts, s.start) - 1
+            inside = j >= 0 and s.start < subsections[j].end
+            idx = getattr(s, "subsection_index", None)
+            if inside:
+                u = subsections[j]
+                if idx != j or (s.subsection_title, s.subsection_category) != (u.title, u.category):
+                    problems.append(f"sentence {i}: sub-section fields differ from subsection {j}")
+                elif s.end > u.end:
+                    problems.append(f"sentence {i}: runs past the end of subsection {j}")
+                elif u.parent != s.section_index:
+                    problems.append(f"sentence {i}: subsection {j} not in its section")
+            elif idx is not None or getattr(s, "subsection_category", None) is not None:
+                problems.append(f"sentence {i}: sub-section fields set outside any subsection")
     return problems
 
 
@@ -305,7 +335,7 @@ def score_note(note: GoldNote, sentences: Sequence[Sentence],
                   if 0 <= s.start < s.end <= len(text))
     mism = sum(1 for s in sentences if not (0 <= s.start < s.end <= len(text))
                or text[s.start:s.end] != text[s.start:s.end].strip())
-    problems = check_invariants(text, sentences, sections)
+    problems = check_invariants(text, sentences, sections, subsections)
     gold_h = {s.start for s in note.sections}
     pred_h = {s.start for s in (sections or ()) if s.title is not None}
     pred_h |= {s.start for s in (subsections or ())}

@@ -175,7 +175,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "major surgical or invasive procedures", "operations", "operation", "procedure performed",
         "procedures performed", "operative procedure", "surgical procedure", "procedure in detail",
         "description of procedure", "operative note", "findings and procedure",
-        "anesthesia", "estimated blood loss", "ebl", "complications", "specimens", "specimen",
+        "anesthesia", "estimated blood loss", "ebl", "complications",
         "drains", "implants", "preoperative diagnosis", "postoperative diagnosis",
         "pre-operative diagnosis", "post-operative diagnosis", "preoperative diagnoses",
         "postoperative diagnoses", "surgeon", "assistant", "fluids", "indications for surgery",
@@ -245,7 +245,23 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "case_management": ("case management", "discharge planning needs", "insurance", "payer",
                         "utilization review", "barriers to discharge", "anticipated discharge"),
     "final_report": ("final report", "addendum", "preliminary report", "wet read",
-                     "final addendum", "signed"),
+                     "final addendum"),
+    "specimen": (
+        "specimen", "specimens", "specimens submitted", "specimen submitted", "specimens received",
+        "specimen received", "source of specimen", "specimen source", "tissue submitted",
+        "specimen type",
+    ),
+    "past_psychiatric_history": (
+        "past psychiatric history", "psychiatric history", "prior psychiatric history",
+        "past psych history", "psych history", "past psychiatric hx", "psychiatric hx",
+        "psychiatric treatment history", "previous psychiatric history",
+        "history of psychiatric illness", "past psychiatric and substance use history",
+    ),
+    "mental_status_exam": (
+        "mental status examination", "mental status exam", "mse", "mental state examination",
+        "mental state exam", "psychiatric examination", "psychiatric exam",
+        "mental status and cognitive exam",
+    ),
     "signature": ("electronically signed by", "dictated by", "signed by", "attending addendum",
                   "attending note", "attending attestation", "resident", "transcribed by",
                   "cc list"),
@@ -273,7 +289,7 @@ bnp,ldh,amylase,lipase,tsh,ph,pco2,po2,base excess,ferritin,iron,esr,crp,procalc
 fingerstick,fsbg,bs,blood sugar,age,name,patient name,unit no,unit number,mrn,mr#,medical record number,
 admission no,first name,last name,pager,pager#,pager number,phone,telephone,fax,tel,cell,md,rn,np,
 date,time,date/time,status,test,doppler,technical quality,location,room,bed,clip,clip number,
-clip #,contrast,job#,job number,job #,completed by,provider,mental status,level of consciousness,activity status,dictated by md,signed electronically by,d,t,
+clip #,contrast,job#,job number,job #,completed by,provider,mental status,level of consciousness,activity status,dictated by md,d,t,
 ekg rate,pr,qrs,qt,qtc,qt/qtc,p qrs t,axes,intervals,rate,
 tv,ie,i:e,etco2,peak,mean,fluid in,fluid out,net,los,length of stay,
 height (in),weight (lb),bp (mm hg),hr (bpm),bsa (m2),
@@ -320,7 +336,42 @@ def lookup_header(title: str) -> str | None:
                 return HEADER_LEXICON[cand]
     if key.endswith("s") and key[:-1] in HEADER_LEXICON:
         return HEADER_LEXICON[key[:-1]]
+    return _variant_lookup(alt)
+
+
+def _variant_lookup(key: str) -> str | None:
+    """Abbreviated or misspelt titles: "Hx of present illness", "Past surg hx", "Pysical exam".
+    Only called when the exact look-ups failed (the result is cached with the title)."""
+    words = key.split()
+    if not words or len(words) > 7:
+        return None
+    exp = " ".join(TITLE_ABBREVIATIONS_EXPANDED.get(w, w) for w in words)
+    exp = _SPACE_RE.sub(" ", exp.replace(" of the ", " of ")).strip()
+    for cand in (exp, exp.replace("/", " and ")):
+        cat = HEADER_LEXICON.get(cand)
+        if cat is not None:
+            return cat
+    # one typo per word (a missing, extra or swapped letter) in words of 5+ letters
+    fixed = [_spell(w) if len(w) >= 5 and w not in _VOCAB else w for w in exp.split()]
+    if fixed != exp.split():
+        return HEADER_LEXICON.get(" ".join(fixed))
     return None
+
+
+def _deletes(w: str) -> set[str]:
+    return {w[:i] + w[i + 1:] for i in range(len(w))}
+
+
+def _spell(w: str) -> str:
+    """The unique lexicon word one missing, extra or swapped letter away from ``w``, else ``w``.
+    Substitutions are not tried: "source" must not become "course"."""
+    cands: set[str] = set(_MISSING.get(w, ()))  # w lacks a letter of a lexicon word
+    cands.update(d for d in _deletes(w) if d in _VOCAB)  # w has an extra letter
+    for i in range(len(w) - 1):  # two letters swapped
+        t = w[:i] + w[i + 1] + w[i] + w[i + 2:]
+        if t in _VOCAB:
+            cands.add(t)
+    return cands.pop() if len(cands) == 1 else w
 
 
 _EMPTY_HEADS = {"description", "details", "detail", "summary", "name", "title", "type", "list"}
@@ -459,3 +510,265 @@ for _t in ("medication history", "home medications", "outpatient medications"):
     HEADER_LEXICON.setdefault(_t, "medications")
 HEADER_LEXICON.setdefault("procedure details", "procedures")
 HEADER_LEXICON.setdefault("procedure detail", "procedures")
+
+
+# ----------------------------------------------------------------------------- v2 additions
+# Header variants of clinic, consult, operative, pathology and psychiatric notes (v2), added
+# with setdefault so that the original variants keep their categories.
+_V2_SECTIONS: dict[str, tuple[str, ...]] = {
+    "admission_info": (
+        "date of operation", "date of procedure", "date of surgery", "date of consultation",
+        "date of consult", "date of visit", "visit date", "encounter date", "date of evaluation",
+        "date of exam", "date of note", "requesting provider", "referring provider",
+        "consulting physician", "referred by", "surgery date", "procedure date",
+    ),
+    "chief_complaint": ("reason for the visit", "reason for the consultation",
+                        "reason for request", "presenting problem"),
+    "history_of_present_illness": (
+        "collateral history", "collateral", "collateral information", "oncologic history",
+        "oncology history",
+    ),
+    "social_history": (
+        "substance use history", "substance abuse", "substance abuse history", "tobacco use",
+        "alcohol use", "drug use", "social and substance history",
+    ),
+    "review_of_systems": ("review of symptoms", "ros (review of systems)"),
+    "physical_exam": (
+        "on examination", "o/e", "examination findings", "clinical examination",
+        "exam findings", "physical examination findings",
+    ),
+    "heent": ("hent",),
+    "labs_and_studies": (
+        "investigations", "investigation", "laboratory findings", "lab findings",
+        "data reviewed", "results reviewed", "pertinent labs", "pertinent data",
+        "relevant results",
+    ),
+    "imaging": ("echo", "echocardiogram", "echocardiography", "tte", "tee"),
+    "hospital_course": ("events", "shift events", "significant events"),
+    "final_report": ("note added at attending review", "attending review", "addenda",
+                     "revised report", "corrected report"),
+    "code_status": ("advance care planning", "advance directive", "acp", "resuscitation status"),
+    "assessment": (
+        "medical decision making", "mdm", "risk assessment", "suicide risk assessment",
+        "clinical formulation", "case formulation", "differential diagnosis", "ddx",
+    ),
+    "impression": ("comment", "comments"),
+    "procedures": (
+        "operator", "operators", "proceduralist", "consent", "informed consent", "time out",
+        "time-out", "timeout", "universal protocol", "operation performed", "surgeons",
+        "anesthesiologist",
+    ),
+    "signature": (
+        "signed", "signed electronically by", "electronically signed", "electronically signed out by",
+        "signed out by", "digitally signed by", "e-signed by", "attestation",
+        "teaching physician attestation", "physician attestation",
+        "supervising physician attestation", "attending statement", "teaching attestation",
+        "attending physician attestation", "electronic signature", "yours sincerely",
+        "sincerely", "yours faithfully", "yours truly", "kind regards", "best regards",
+        "with kind regards", "with best regards", "with best wishes", "best wishes", "regards",
+        "respectfully",
+    ),
+}
+for _cat, _variants in _V2_SECTIONS.items():
+    for _v in _variants:
+        HEADER_LEXICON.setdefault(_v, _cat)
+del _cat, _variants, _v
+# "Signed:" closes a note (a signature), not a report status.
+HEADER_LEXICON["signed"] = "signature"
+
+#: Categories whose meaning depends on the note: in a *report* (radiology, echo, pathology,
+#: procedure reports: notes with a findings / technique / comparison / specimen / final-report
+#: header) "Impression" is the report's conclusion and "Final diagnosis" the pathologist's; in a
+#: clinician's note they are the assessment and the diagnosis list. See ``sections.py``.
+REPORT_CATEGORIES = frozenset({"findings", "technique", "comparison", "specimen", "final_report"})
+
+#: Sub-sections: normalised sub-heading -> sub-section category, per container family.
+#: A sub-heading that is not listed gets the body-system category of its lexicon entry where
+#: it has one (``_SYSTEM_SUB``), else "other".
+_BODY_SUBS: dict[str, tuple[str, ...]] = {
+    "constitutional": ("general", "gen", "general appearance", "constitutional", "appearance",
+                       "general exam", "general survey", "constitutional symptoms", "overall"),
+    "vital_signs": ("vital signs", "vitals", "vs", "vital sign", "vital signs on admission",
+                    "admission vitals", "discharge vitals", "vitals on discharge"),
+    "heent": ("heent", "hent", "head", "eyes", "ears", "nose", "throat", "mouth", "ent", "eent",
+              "neck", "eyes/conjunctiva", "eyes / conjunctiva", "head and neck", "heent/neck",
+              "oropharynx", "ears/nose/mouth/throat", "ears nose mouth throat",
+              "ear/nose/throat", "ophthalmologic", "oral", "face", "head/neck"),
+    "cardiovascular": ("cv", "cardiovascular", "heart", "cardiac", "cvs", "cor", "cardio",
+                       "pulses", "peripheral vascular", "vascular", "chest/cv",
+                       "cardiovascular/peripheral vascular", "ext/vasc"),
+    "respiratory": ("lungs", "lung", "chest", "respiratory", "resp", "pulmonary", "pulm",
+                    "chest/lungs", "lungs/chest", "respiratory/chest", "breath sounds"),
+    "breast": ("breast", "breasts", "chest/breast"),
+    "gastrointestinal": ("abdomen", "abd", "gi", "gastrointestinal", "abdominal", "gi/abd",
+                         "abdomen/gi", "rectal/gi"),
+    "genitourinary": ("gu", "genitourinary", "rectal", "pelvic", "genitalia", "gyn",
+                      "genital", "urinary", "renal", "renal/gu", "gu/renal", "pelvis"),
+    "musculoskeletal": ("ext", "extremities", "extremity", "musculoskeletal", "msk", "back",
+                        "spine", "joints", "rom", "range of motion", "strength",
+                        "musculoskeletal/extremities", "extremities/musculoskeletal"),
+    "skin": ("skin", "integument", "integumentary", "derm", "dermatologic", "skin/wound",
+             "wound", "incision", "incisions"),
+    "neuro": ("neuro", "neurological", "neurologic", "neurology", "cns", "nervous system",
+              "neuro exam", "neurological exam"),
+    "psychiatric": ("psych", "psychiatric", "psychological", "mood", "behavioral",
+                    "mental status", "mood/affect", "psych/mood"),
+    "endocrine": ("endo", "endocrine", "endocrinologic", "endocrine/metabolic"),
+    "hematology": ("heme", "hematologic", "hematology", "heme/lymph", "hematologic/lymphatic",
+                   "hem/lymph", "heme/lymphatic", "hematologic/lymphatic/immunologic"),
+    "lymphatic": ("lymph", "lymph nodes", "lymphatic", "lymphatics", "lymph node",
+                  "lymphadenopathy", "nodes"),
+    "allergic_immunologic": ("allergic/immunologic", "allergic/immunology",
+                             "allergy/immunology", "immunologic", "allergic",
+                             "allergic immunologic", "immunology"),
+    "cognition": ("cognition",),
+}
+_MSE_SUBS: dict[str, tuple[str, ...]] = {
+    "appearance": ("appearance", "general appearance", "general", "appearance and behavior",
+                   "appearance/behavior"),
+    "behavior": ("behavior", "behaviour", "attitude", "psychomotor", "psychomotor activity",
+                 "motor activity", "eye contact", "attitude/behavior", "engagement"),
+    "speech": ("speech", "language", "speech/language"),
+    "mood_affect": ("mood", "affect", "mood/affect", "mood and affect", "emotion"),
+    "thought_process": ("thought process", "thought processes", "thought form",
+                        "form of thought", "thought process/form", "associations"),
+    "thought_content": ("thought content", "thought contents", "content of thought",
+                        "suicidal ideation", "homicidal ideation", "si/hi", "delusions",
+                        "safety", "preoccupations"),
+    "perception": ("perception", "perceptions", "perceptual disturbances", "hallucinations",
+                   "perceptual"),
+    "cognition": ("cognition", "sensorium", "orientation", "memory", "attention",
+                  "concentration", "cognitive", "sensorium/cognition", "fund of knowledge",
+                  "level of consciousness", "alertness", "intellect"),
+    "insight_judgment": ("insight", "judgment", "judgement", "insight/judgment",
+                         "insight and judgment", "judgment/insight", "insight/judgement",
+                         "insight and judgement"),
+}
+_RESULTS_SUBS: dict[str, tuple[str, ...]] = {
+    "labs_and_studies": (
+        "admission labs", "discharge labs", "labs on admission", "labs on discharge", "labs",
+        "laboratory", "lab", "micro", "microbiology", "cultures", "blood cultures",
+        "urine culture", "ecg", "ekg", "electrocardiogram", "telemetry", "urinalysis", "ua",
+        "abg", "cbc", "chemistry", "chemistries", "coags", "lfts", "other labs",
+        "pertinent labs", "labs/studies", "interval labs", "last labs", "pathology",
+    ),
+    "imaging": (
+        "imaging", "radiology", "cxr", "chest x-ray", "chest xray", "x-ray", "xray", "ct",
+        "ct scan", "cta", "mri", "mra", "ultrasound", "us", "echo", "echocardiogram", "tte",
+        "tee", "imaging studies", "studies", "kub", "ct head", "ct chest", "ct abdomen",
+        "head ct", "doppler", "dopplers", "v/q", "nuclear", "stress test", "cath",
+        "cardiac cath", "catheterization",
+    ),
+}
+_FINDINGS_SUBS: dict[str, tuple[str, ...]] = {
+    "cardiovascular": (
+        "heart", "heart and pericardium", "pericardium", "aorta", "vasculature", "vessels",
+        "vascular", "great vessels", "heart/mediastinum", "cardiovascular", "coronary arteries",
+        "left atrium", "right atrium", "left ventricle", "right ventricle", "aortic valve",
+        "mitral valve", "tricuspid valve", "pulmonic valve", "pulmonic valve/pulmonary artery",
+        "right atrium/interatrial septum", "left atrium/interatrial septum",
+        "interatrial septum", "lv wall motion", "regional left ventricular wall motion",
+        "la", "ra", "lv", "rv",
+    ),
+    "respiratory": (
+        "lungs", "lung", "lower chest", "lung bases", "chest", "pleura", "lungs/pleura",
+        "lungs and pleura", "airways", "airway", "lungs and airways", "trachea",
+        "mediastinum", "hila", "thorax",
+    ),
+    "gastrointestinal": (
+        "liver", "gallbladder", "gallbladder and bile ducts", "biliary", "bile ducts",
+        "pancreas", "bowel", "bowel/peritoneum", "stomach", "esophagus", "small bowel",
+        "colon", "appendix", "peritoneum", "bowel and mesentery", "gastrointestinal",
+        "gi tract", "hepatobiliary", "abdomen", "liver/biliary", "mesentery",
+    ),
+    "genitourinary": (
+        "kidneys", "kidney", "kidneys/ureters", "kidneys and ureters", "ureters", "bladder",
+        "urinary bladder", "prostate", "uterus", "ovaries", "adnexa", "pelvis",
+        "pelvic organs", "reproductive organs", "genitourinary", "urinary tract",
+        "kidneys/ureters/bladder", "scrotum", "testes",
+    ),
+    "lymphatic": ("spleen", "lymph nodes", "nodes", "lymphatic", "lymphadenopathy"),
+    "endocrine": ("adrenals", "adrenal glands", "adrenal", "thyroid"),
+    "musculoskeletal": (
+        "bones", "osseous structures", "bones and soft tissues", "bones/soft tissues",
+        "soft tissues", "musculoskeletal", "osseous", "skeleton", "spine", "joints",
+        "body wall", "soft tissue",
+    ),
+    "neuro": ("brain", "brain parenchyma", "ventricles", "extra-axial spaces", "posterior fossa",
+              "spinal cord", "orbits", "sella"),
+    "heent": ("sinuses", "paranasal sinuses", "mastoids", "neck", "soft tissues of the neck"),
+    "other": ("general comments", "other", "other findings", "incidental findings",
+              "lines and tubes", "tubes and lines", "support devices"),
+}
+_DX_SUBS: dict[str, tuple[str, ...]] = {
+    "primary_diagnosis": ("primary", "primary diagnosis", "primary diagnoses", "principal",
+                          "principal diagnosis", "principal diagnoses", "main diagnosis"),
+    "secondary_diagnosis": ("secondary", "secondary diagnosis", "secondary diagnoses",
+                            "secondary/chronic", "chronic", "chronic diagnoses",
+                            "chronic problems", "other diagnoses", "comorbidities",
+                            "active", "inactive", "resolved"),
+}
+
+
+def _flatten(d: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for cat, variants in d.items():
+        for v in variants:
+            out.setdefault(v, cat)
+    return out
+
+
+#: container family -> {normalised sub-heading: sub-section category}
+SUBSECTION_LEXICON: dict[str, dict[str, str]] = {
+    "body": _flatten(_BODY_SUBS),
+    "mse": _flatten(_MSE_SUBS),
+    "results": _flatten(_RESULTS_SUBS),
+    "findings": _flatten(_FINDINGS_SUBS),
+    "diagnosis": _flatten(_DX_SUBS),
+}
+#: every sub-heading of any family (a candidate that is only a header inside a container)
+ALL_SUBHEADINGS: frozenset[str] = frozenset(k for d in SUBSECTION_LEXICON.values() for k in d)
+
+#: top-level category of a body-system header -> its sub-section category inside an exam
+SYSTEM_SUBCATEGORY: dict[str, str] = {
+    "neuro": "neuro", "cardiovascular": "cardiovascular", "respiratory": "respiratory",
+    "gastrointestinal": "gastrointestinal", "genitourinary": "genitourinary", "skin": "skin",
+    "heent": "heent", "musculoskeletal": "musculoskeletal", "psychiatric": "psychiatric",
+    "endocrine": "endocrine", "hematology": "hematology", "vital_signs": "vital_signs",
+    "infectious_disease": "infectious_disease", "pain": "pain", "nutrition": "nutrition",
+    "lines": "lines", "prophylaxis": "prophylaxis",
+}
+
+# --------------------------------------------------------------------------- abbreviated titles
+#: abbreviations in header titles, expanded before a second lexicon look-up
+#: ("Hx of present illness", "Past surg hx", "D/C meds", "Pre-op dx")
+TITLE_ABBREVIATIONS_EXPANDED: dict[str, str] = {
+    "hx": "history", "hist": "history", "h/o": "history of", "surg": "surgical",
+    "surgic": "surgical", "med": "medical", "meds": "medications", "medic": "medical",
+    "fam": "family", "soc": "social", "psych": "psychiatric", "psy": "psychiatric",
+    "phys": "physical", "dx": "diagnosis", "dxs": "diagnoses", "tx": "treatment",
+    "sx": "symptoms", "proc": "procedure", "procs": "procedures", "hosp": "hospital",
+    "adm": "admission", "admit": "admission", "d/c": "discharge", "dc": "discharge",
+    "disch": "discharge", "instr": "instructions", "f/u": "follow up", "fu": "follow up",
+    "w/": "with", "eval": "evaluation", "assess": "assessment", "assmt": "assessment",
+    "rec": "recommendations", "recs": "recommendations", "recommend": "recommendations",
+    "cond": "condition", "preop": "preoperative", "pre-op": "preoperative",
+    "postop": "postoperative", "post-op": "postoperative", "op": "operative",
+    "exam": "examination", "pres": "present", "presenting": "present", "ill": "illness",
+    "illn": "illness", "hpi": "history of present illness", "pmh": "past medical history",
+    "psh": "past surgical history", "fhx": "family history", "shx": "social history",
+    "lab": "laboratory", "labs": "laboratory", "resp": "respiratory", "neuro": "neurological",
+    "pe": "physical examination", "ros": "review of systems", "sys": "systems",
+    "a/p": "assessment and plan", "&": "and", "+": "and", "prev": "previous",
+    "pt": "patient", "pts": "patient", "info": "information", "hist.": "history",
+}
+
+#: lexicon words long enough to be spell-corrected towards
+_VOCAB: frozenset[str] = frozenset(
+    w for k in HEADER_LEXICON for w in k.replace("/", " ").split() if len(w) >= 5 and w.isalpha()
+)
+_MISSING: dict[str, list[str]] = {}
+for _w in _VOCAB:
+    for _d in _deletes(_w):
+        _MISSING.setdefault(_d, []).append(_w)
+del _w, _d

@@ -29,7 +29,11 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from .lexicon import (
+    ALL_SUBHEADINGS,
     PREAMBLE_CATEGORY,
+    REPORT_CATEGORIES,
+    SUBSECTION_LEXICON,
+    SYSTEM_SUBCATEGORY,
     UNKNOWN_CATEGORY,
     guess_category,
     is_field_name,
@@ -47,18 +51,22 @@ _BRACKET = r"\[\*\*[^\n\r\]]{0,80}?\*\*\]"
 # line start.
 _SEP_RE = re.compile(r":|=(?=[A-Za-z])")
 _COLON_TITLE_RE = re.compile(
-    r"[ \t]*(?P<title>(?:" + _BRACKET + r"[ \t]*)?[A-Za-z0-9][A-Za-z0-9 \t/&()',+#\-]{0,60})"
+    r"[ \t]*(?P<title>(?:" + _BRACKET + r"[ \t]*)?[A-Za-z0-9][A-Za-z0-9 \t/&()',+#\-]{0,60}"
+    r"(?:[ \t]*" + _BRACKET + r")?)"
 )
 _INLINE_TITLE_RE = re.compile(r"[ \t]*(?P<title>[A-Za-z][A-Za-z /&]{0,40})")
 _MAX_INDENT = 60
 _COMMA_AFTER_RE = re.compile(r"[ \t]*:[ \t]*,")
 _ALONE_TITLE = r"[ \t]*(?P<title>[A-Za-z](?:[A-Za-z \t/&()',\-]|" + _BRACKET + r"){0,58}[A-Za-z)\]])"
 # "(?m)^" is much faster than a look-behind at every position; notes with bare-CR line ends
-# (old Mac) use the slower form.
-_ALONE_RE = re.compile(r"(?m)^" + _ALONE_TITLE + r"[ \t]*\r?$")
-_ALONE_CR_RE = re.compile(_LS + _ALONE_TITLE + r"[ \t]*(?=[\r\n]|\Z)")
-# Metavision headers followed by a timestamp rather than a colon.
+# (old Mac) use the slower form. A trailing comma is kept for letter closings ("Yours sincerely,").
+_ALONE_RE = re.compile(r"(?m)^" + _ALONE_TITLE + r"[ \t]*(?P<comma>,)?[ \t]*\r?$")
+_ALONE_CR_RE = re.compile(_LS + _ALONE_TITLE + r"[ \t]*(?P<comma>,)?[ \t]*(?=[\r\n]|\Z)")
+# Metavision headers followed by a timestamp rather than a colon; signature lines without a colon.
 _PREFIX_RE = re.compile(_LS + r"[ \t]*(?P<title>Flowsheet Data as of)\b", re.I)
+_SIGNED_RE = re.compile(
+    _LS + r"[ \t]*(?P<title>(?:electronically|digitally) signed(?: out)?(?: by)?|"
+    r"signed (?:electronically|out) by|e-signed by)\b(?![ \t]*:)", re.I)
 
 _VALUE_RE = re.compile(r"[-+~<>=(]*\s*\d")  # "KEY: 120/80", "KEY: (36.8)" -> a field
 _DIGIT_RE = re.compile(r"\d")
@@ -66,23 +74,49 @@ _DIGITS_SLASH = frozenset("0123456789/")
 _LINE_END_RE = re.compile(r"[^\r\n]{0,200}")
 _NEXT_ASSESSMENT_RE = re.compile(r"[ \t]*(?:\r\n|\r|\n)[ \t]*Assessment[ \t]*:", re.I)
 _NONSPACE_RE = re.compile(r"\S")
+_BLANK_BEFORE_RE = re.compile(r"(?:\r\n|\r|\n)[ \t]*(?:\r\n|\r|\n)[ \t]*\Z")
+_NEXT_LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)(?P<blank>(?:[ \t]*(?:\r\n|\r|\n))*)"
+                           r"[ \t]*(?P<line>[^\r\n]{0,120})")
+_HEADERISH_RE = re.compile(r"[A-Za-z][A-Za-z0-9 /&()'\-]{0,40}:")
+_LOWER_RE = re.compile(r"[a-z]")
 
 _SMALL_WORDS = frozenset("a an and as at by for from in of on or the to vs with w/ not".split())
-
-# Sections whose unknown sub-headings keep the parent's category.
-CONTAINER_CATEGORIES = frozenset({
-    "pertinent_results", "hospital_course", "assessment_and_plan", "discharge_diagnosis",
-    "discharge_medications", "medications_on_admission", "discharge_instructions",
-    "followup_instructions", "physical_exam", "labs_and_studies", "findings", "medications",
-    "admission_info",
+# Categories an unknown title with text after its colon may take from its head words
+# ("Post-procedure plan: monitor BP", "Brief clinical history: ...").
+_GUESSABLE = frozenset({
+    "plan", "assessment", "assessment_and_plan", "history_of_present_illness",
+    "past_medical_history", "medications", "discharge_instructions", "followup_instructions",
+    "procedures", "indication", "findings", "labs_and_studies", "imaging", "hospital_course",
+    "family_history", "social_history", "code_status", "chief_complaint", "impression",
+    "past_surgical_history", "discharge_diagnosis", "review_of_systems", "physical_exam",
 })
-# Known sub-headings that stay in the parent's category: {parent: {child categories}}.
-_ABSORBED = {
-    "pertinent_results": frozenset({"labs_and_studies", "imaging", "findings", "impression",
-                                    "cardiovascular"}),
-    # problem-oriented A&P: "# Hypotension / Assessment: ... / Plan: ..."
-    "assessment_and_plan": frozenset({"assessment", "plan", "action", "response"}),
+
+# Containers: top-level sections whose headers inside them are sub-sections; the family says
+# which sub-headings they take (see :func:`_child`).
+CONTAINER_FAMILY: dict[str, str] = {
+    "physical_exam": "body", "review_of_systems": "body", "objective": "objective",
+    "mental_status_exam": "mse", "pertinent_results": "results_all",
+    "labs_and_studies": "results", "findings": "findings",
+    "discharge_diagnosis": "diagnosis", "assessment_and_plan": "problems",
+    "hospital_course": "problems", "medications": "generic",
+    "medications_on_admission": "generic", "discharge_medications": "generic",
+    "discharge_instructions": "generic", "followup_instructions": "generic",
+    "admission_info": "generic",
 }
+#: kept for callers of v1: every category that takes sub-sections
+CONTAINER_CATEGORIES = frozenset(CONTAINER_FAMILY)
+_PROBLEM_CONTAINERS = frozenset({"assessment_and_plan", "hospital_course"})
+# Sub-headings of a results section that are main section titles elsewhere: under a plain
+# "Labs:" section, "IMAGING:" starts a new section; under MIMIC's "Pertinent Results" it does not.
+_GENERIC_RESULTS = frozenset({"imaging", "radiology", "imaging studies", "studies", "labs",
+                              "laboratory", "lab", "labs/studies", "other labs", "pathology"})
+_PROBLEM_SYSTEM_CATS = frozenset(SYSTEM_SUBCATEGORY) - {"vital_signs"}
+_DISCHARGE_CONTEXT = frozenset({
+    "discharge_instructions", "discharge_medications", "discharge_condition",
+    "discharge_disposition", "followup_instructions", "discharge_diagnosis",
+})
+_CONTEXT_DEFAULT = {"diet": "nutrition", "activity": "rehab", "diet/activity": "nutrition",
+                    "activity/diet": "rehab", "diet and activity": "nutrition"}
 
 
 @dataclass(frozen=True)
@@ -92,8 +126,10 @@ class Header:
     start: int
     end: int
     title: str
-    category: str
+    category: str | None  # None: a sub-heading that is a header only inside a container
     alone: bool  # nothing else on the header's line
+    caps: bool = False  # ALL CAPS title
+    blank_before: bool = False  # a blank line (or the note start) right before its line
 
 
 def _is_caps(title: str) -> bool:
@@ -121,6 +157,9 @@ class _TitleInfo(NamedTuple):
     caps: bool  # ALL CAPS
     plausible: bool  # short, no digits: could be an unknown header
     titlecase: bool
+    key: str  # normalised title
+    sub: bool  # a known sub-heading (header only inside a container)
+    guess: str | None  # category from the head words of an unknown title
 
 
 @lru_cache(maxsize=1 << 16)
@@ -128,14 +167,21 @@ def _title_info(title: str) -> _TitleInfo:
     """Everything about a title that does not depend on its context (titles repeat: cached)."""
     field = is_field_name(title)
     cat = None if field else lookup_header(title)
-    words = normalize_title(title).split()
+    key = normalize_title(title)
+    words = key.split()
     plausible = (1 <= len(words) <= 6 and len(title) <= 50
                  and not _DIGIT_RE.search(title.replace("[**", "")))
-    return _TitleInfo(field, cat, _is_caps(title), plausible, _is_titlecase(title.split()))
+    guess = guess_category(title) if cat is None and not field else None
+    return _TitleInfo(field, cat, _is_caps(title), plausible, _is_titlecase(title.split()), key,
+                      key in ALL_SUBHEADINGS, guess)
+
+
+# A header candidate's classification: a category, SUB (a header only inside a container), or None.
+SUB = "\0sub"
 
 
 def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str | None:
-    """Category for a header candidate, or None when it is not a header."""
+    """Category for a header candidate, :data:`SUB`, or None when it is not a header."""
     info = _title_info(title)
     if info.field:
         return None
@@ -148,6 +194,9 @@ def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str 
         while j >= 0 and text[j] in " \t":
             j -= 1
         before = text[j] if j >= 0 else ""
+        if before == ":":
+            # "REVIEW OF SYSTEMS: Constitutional: ..." - only a sub-heading, only in a container
+            return SUB if (info.sub or cat in SYSTEM_SUBCATEGORY) else None
         if before == "," and j < t_start - 1 and not _COMMA_AFTER_RE.match(text, t_start + len(title)):
             # MTSamples glues its commas to the title (".,PLAN:,"); "In the ED, VS: T 98" is
             # prose listing vitals, not a new section.
@@ -158,6 +207,8 @@ def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str 
             if before == "," and not caps:
                 return None
             return cat
+        if info.sub and before == "." and (caps or info.titlecase):
+            return SUB
         if not caps or before not in ".," or (before == "," and text[j - 1: j] != "."):
             return None
     elif cat is not None:
@@ -167,21 +218,48 @@ def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str 
     if kind == "alone":
         # Unknown lines without a colon are too often exam titles ("AP SINGLE VIEW OF THE
         # CHEST") or list entries to be headers - except a metavision nursing problem title,
-        # recognisable by the "Assessment:" line right under it.
+        # recognisable by the "Assessment:" line right under it, and a short ALL-CAPS line
+        # between a blank line and prose (see _caps_line_header).
         if title[0].isupper() and _NEXT_ASSESSMENT_RE.match(text, t_start + len(title)):
             return UNKNOWN_CATEGORY
+        if caps and info.plausible and _caps_line_header(text, t_start, title):
+            return UNKNOWN_CATEGORY
         return None
+    if info.sub and (caps or info.titlecase or title[0].isupper()):
+        return SUB  # "Thought process: linear", "Appearance: well groomed" (inside an MSE/exam)
     if not info.plausible:
         return None
     if caps and sum(c.isalpha() for c in title) >= 2:
         return None if (rest and _VALUE_RE.match(rest)) else UNKNOWN_CATEGORY
     if kind == "colon" and not rest and title[0].isupper() and info.titlecase:
         return UNKNOWN_CATEGORY
+    if (kind == "colon" and info.guess in _GUESSABLE and title[0].isupper()
+            and len(info.key.split()) >= 2 and not (rest and _VALUE_RE.match(rest))):
+        return UNKNOWN_CATEGORY  # "Post-procedure plan: monitor BP q15min"
     return None
 
 
+def _caps_line_header(text: str, t_start: int, title: str) -> bool:
+    """An unknown ALL-CAPS line alone between a blank line and prose (``ADVANCE CARE
+    PLANNING`` / blank / ``DNR/DNI, confirmed with ...``) is very likely a header. The note's
+    first line (its title) is not, nor a line followed by another header or more capitals."""
+    ls = t_start
+    while ls > 0 and text[ls - 1] in " \t":
+        ls -= 1
+    if ls == 0 or _NONSPACE_RE.search(text, 0, ls) is None:
+        return False  # the first line of the note: its title
+    if not _BLANK_BEFORE_RE.search(text, max(0, ls - 40), ls):
+        return False
+    m = _NEXT_LINE_RE.match(text, t_start)
+    if m is None:
+        return False
+    line = m.group("line")
+    return bool(line) and _LOWER_RE.search(line) is not None and not _HEADERISH_RE.match(line)
+
+
 def find_headers(text: str) -> list[Header]:
-    """All section headers of ``text``, in order, non-overlapping."""
+    """All header candidates of ``text`` accepted as headers (or sub-headings), in order,
+    non-overlapping."""
     cands: list[tuple[int, int, str, str, int]] = []  # (start, end, kind, title, rest_start)
     rfind = text.rfind
     for sm in _SEP_RE.finditer(text):
@@ -195,17 +273,22 @@ def find_headers(text: str) -> list[Header]:
                 continue
         if sm.group() == ":":
             lo = max(0, pos - 42)
-            p = max(rfind(".", lo, pos), rfind(";", lo, pos), rfind(",", lo, pos))
+            p = max(rfind(".", lo, pos), rfind(";", lo, pos), rfind(",", lo, pos),
+                    rfind(":", lo, pos))
             if p >= 0 and text[pos + 1: pos + 2] not in _DIGITS_SLASH:
                 m = _INLINE_TITLE_RE.fullmatch(text, p + 1, pos)
                 if m is not None:
                     cands.append((m.start("title"), pos + 1, "inline", m.group("title"), pos + 1))
     alone_re = _ALONE_CR_RE if text.count("\r") > text.count("\n") else _ALONE_RE
     for m in alone_re.finditer(text):
-        cands.append((m.start("title"), m.end("title"), "alone", m.group("title"), m.end()))
+        kind = "alone," if m.group("comma") else "alone"
+        cands.append((m.start("title"), m.end("title"), kind, m.group("title"), m.end()))
     if "lowsheet" in text or "LOWSHEET" in text:
         for m in _PREFIX_RE.finditer(text):
             cands.append((m.start("title"), m.end("title"), "prefix", m.group("title"), m.end()))
+    if "igned" in text or "IGNED" in text:
+        for m in _SIGNED_RE.finditer(text):
+            cands.append((m.start("title"), m.end("title"), "signed", m.group("title"), m.end()))
     cands.sort()
     headers: list[Header] = []
     last_end = -1
@@ -217,60 +300,312 @@ def find_headers(text: str) -> list[Header]:
             cat: str | None = "vital_signs"
             rest = ""
             alone = False
+        elif kind == "signed":
+            cat = "signature"
+            rest = ""
+            alone = False
         else:
             rest = _LINE_END_RE.match(text, rest_start).group().strip()
             if kind == "inline":
                 rest = rest.lstrip(", ")
-            cat = _classify(text, kind, title, start, rest)
+            if kind == "alone,":
+                # a letter's closing ("Yours sincerely,"), nothing else ends with a comma
+                cat = _title_info(title).category
+                if cat != "signature" or not title[0].isupper():
+                    continue
+            else:
+                cat = _classify(text, kind, title, start, rest)
             alone = not rest
         if cat is None:
             continue
-        headers.append(Header(start, end, title, cat, alone))
+        ls = start
+        while ls > 0 and text[ls - 1] in " \t":
+            ls -= 1
+        blank = ls == 0 or bool(_BLANK_BEFORE_RE.search(text, max(0, ls - 40), ls))
+        headers.append(Header(start, end, title, None if cat == SUB else cat, alone,
+                              _title_info(title).caps, blank))
         last_end = end
     return headers
 
 
-def build_sections(text: str, headers: list[Header]) -> list[Section]:
-    """Sections from headers: a preamble for text before the first header, then one per header.
+# --------------------------------------------------------------------------- the hierarchy
+def _contextual(h: Header, cat: str, is_report: bool, last_top: str | None) -> str:
+    """Categories whose meaning depends on the note (see :data:`.lexicon.REPORT_CATEGORIES`)."""
+    key = _title_info(h.title).key
+    if key in _CONTEXT_DEFAULT:
+        # "Diet:", "Activity:": discharge instructions among discharge sections, else a nursing
+        # or nutrition item
+        return "discharge_instructions" if last_top in _DISCHARGE_CONTEXT else _CONTEXT_DEFAULT[key]
+    if is_report:
+        return cat
+    if key in ("comment", "comments"):
+        return UNKNOWN_CATEGORY
+    if cat == "impression":
+        # a clinician's note: "Impression" is the assessment, "Final diagnoses" the diagnosis list
+        return "discharge_diagnosis" if "diagnos" in key else "assessment"
+    if key == "history":
+        return "history_of_present_illness"
+    return cat
 
-    Section spans are trimmed of surrounding whitespace and never overlap.
+
+def _child(h: Header, cat: str | None, family: str, top: Header | None,
+           top_cat: str) -> str | None:
+    """Sub-section category of header ``h`` inside a container of ``family``, or None when it
+    starts a new top-level section."""
+    info = _title_info(h.title)
+    key = info.key
+    fam = "body" if family == "objective" else family
+    lex = SUBSECTION_LEXICON.get("results" if fam == "results_all" else fam)
+    if lex is not None:
+        sub = lex.get(key)
+        if sub is not None and not (fam == "results" and key in _GENERIC_RESULTS):
+            if sub == "vital_signs" and top_cat == "review_of_systems":
+                return None  # vitals after a review of systems start the examination
+            return sub
+    if cat is None:  # a sub-heading of another kind of container
+        return None
+    if cat == UNKNOWN_CATEGORY:
+        g = info.guess
+        if g is not None:
+            if fam in ("body", "problems", "findings") and g in SYSTEM_SUBCATEGORY:
+                return SYSTEM_SUBCATEGORY[g]
+            if fam == "generic" and g == top_cat:
+                return UNKNOWN_CATEGORY
+            return None
+        if (top is not None and h.alone and h.blank_before and h.caps and top.caps
+                and top.alone):
+            return None  # styled like the container's own header: a sibling section
+        return UNKNOWN_CATEGORY
+    if fam == "body":
+        if cat in SYSTEM_SUBCATEGORY:
+            if cat == "vital_signs" and top_cat == "review_of_systems":
+                return None
+            return SYSTEM_SUBCATEGORY[cat]
+        if cat == "rehab":
+            return UNKNOWN_CATEGORY  # PT exam items: balance, gait, transfers
+        if family == "objective" and cat in ("labs_and_studies", "imaging"):
+            return cat
+        return None
+    if fam == "findings":
+        return SYSTEM_SUBCATEGORY.get(cat) if cat in SYSTEM_SUBCATEGORY else None
+    if fam == "results_all":
+        if cat in ("labs_and_studies", "imaging"):
+            return cat
+        if cat in ("findings", "impression", "cardiovascular"):
+            return UNKNOWN_CATEGORY
+        return None
+    if fam == "problems":
+        if cat in ("assessment", "plan"):
+            return cat
+        if cat in ("action", "response"):
+            return UNKNOWN_CATEGORY
+        if cat in _PROBLEM_SYSTEM_CATS:
+            return SYSTEM_SUBCATEGORY[cat]
+        return None
+    if fam == "mse" and cat == "psychiatric":
+        return UNKNOWN_CATEGORY
+    return None
+
+
+# Problem headings inside an assessment and plan / hospital course.
+_PROBLEM_LINE_RE = re.compile(
+    r"(?m)^(?P<ind>[ \t]*)(?:(?P<hash>#+)[ \t]*|(?P<num>\(?\d{1,2}[.)])[ \t]+|"
+    r"(?P<let>[A-Z][.)])[ \t]+)?(?P<rest>[^\r\n]*)")
+_ACTION_WORDS = frozenset("""
+start stop hold continue cont check monitor follow recheck increase decrease discuss consider will
+plan obtain add resume give repeat trend titrate wean encourage avoid maintain keep place order
+consult refer schedule send draw change transfuse replete restart discontinue d/c dc taper switch
+transition advance optimize provide counsel educate administer apply arrange begin f/u get perform
+pursue reassess recommend review seek treat use appreciate agree await please call return see
+reviewed discussed given placed ordered obtained sent recommended started stopped held scheduled
+arranged counseled counselled educated instructed explained reassured advised notified called
+informed updated completed performed done patient pt we i he she they this no not if per likely
+""".split())
+_TERMINAL = ".;,?!"
+
+
+def _problem_title(rest: str) -> tuple[str, int] | None:
+    """(title, length of the header text in ``rest``) of a problem line's text, or None."""
+    rest = rest.rstrip()
+    if not rest or not rest[0].isalpha():
+        return None
+    k = rest.find(":")
+    if 0 < k <= 80:
+        title = rest[:k]
+        n = k + 1
+    else:
+        d = rest.find(" - ")
+        if 0 < d <= 80:
+            title, n = rest[:d], d
+        elif rest[-1] not in _TERMINAL:
+            title, n = rest, len(rest)
+        else:
+            e = rest.find(". ")
+            title = rest[:e] if e > 0 else rest[:-1]
+            n = len(title) + 1
+    words = title.split()
+    if not 1 <= len(words) <= 12:
+        return None
+    first = words[0].lower().strip("(,")
+    if first in _ACTION_WORDS or any(w.lower().strip(",;") in _ACTION_WORDS for w in words[1:4]
+                                     if w.lower().endswith("ed") or w.lower() == "given"):
+        return None
+    return title.strip(), n
+
+
+def _problem_headers(text: str, body: int, end: int) -> list[tuple[int, int, str]]:
+    """Problem headings (``# CHF:``, ``1. Atrial fibrillation: ...``, ``B. Diabetes mellitus
+    type 2`` alone on its line, a problem title alone after a blank line) in
+    ``text[body:end]``: ``(start, header_end, title)``."""
+    out: list[tuple[int, int, str]] = []
+    prev_blank = False
+    first = True
+    for m in _PROBLEM_LINE_RE.finditer(text, body, end):
+        if m.start() == m.end() and m.end() >= end:
+            break
+        line_start = m.start()
+        rest = m.group("rest")
+        if first and line_start == body and body > 0 and text[body - 1] not in "\r\n":
+            first = False  # the rest of the header's own line
+            prev_blank = False
+            continue
+        first = False
+        if not rest.strip():
+            prev_blank = True
+            continue
+        marker = m.group("hash") or m.group("num") or m.group("let")
+        start = m.start("hash") if m.group("hash") else (
+            m.start("num") if m.group("num") else (m.start("let") if m.group("let")
+                                                   else m.start("rest")))
+        got = None
+        if m.group("hash") or m.group("let"):
+            got = _problem_title(rest)
+            if got is not None and m.group("let") and rest.rstrip()[-1:] in ".;,?!" and ":" not in rest[:got[1]]:
+                got = None  # "A. The patient ..." - a lettered sentence, not an outline heading
+        elif m.group("num"):
+            got = _problem_title(rest)
+        elif prev_blank:
+            r = rest.rstrip()
+            nxt = text.find("\n", m.end(), end)
+            if (r and r[0].isupper() and r[-1] not in _TERMINAL + ":" and len(r.split()) <= 8
+                    and nxt >= 0 and text[nxt + 1:nxt + 2].strip()):
+                got = _problem_title(r)
+        prev_blank = False
+        if got is None:
+            continue
+        title, n = got
+        r0 = m.start("rest")
+        out.append((start, r0 + n, title))
+        _ = marker
+    return out
+
+
+_SUB_END_RE = re.compile(
+    r"(?im)^[ \t]*(?:all (?:other|remaining)\b|all others\b|remainder of\b|rest of (?:the )?"
+    r"(?:ros|review|exam|systems)\b|(?:ros|review of systems) (?:otherwise|is otherwise)\b|"
+    r"otherwise (?:negative|normal|unremarkable)\b|other systems\b)")
+
+
+def build_tree(text: str, headers: list[Header]) -> tuple[list[Section], list[Section]]:
+    """Top-level sections (a preamble for text before the first header, then one per
+    top-level header; they tile the note) and sub-sections (inside container sections).
+
+    Spans are trimmed of surrounding whitespace and never overlap within a level.
     """
-    sections: list[Section] = []
     first = _NONSPACE_RE.search(text)
     if first is None:
-        return sections
-    bounds: list[tuple[int, Header | None]] = []
-    if not headers or first.start() < headers[0].start:
-        bounds.append((first.start(), None))
-    bounds.extend((h.start, h) for h in headers)
-    parent_cat: str | None = None  # category of the enclosing top-level section
-    for i, (start, h) in enumerate(bounds):
-        stop = bounds[i + 1][0] if i + 1 < len(bounds) else len(text)
-        end = start + len(text[start:stop].rstrip())
-        if h is None:
-            sections.append(Section(len(sections), None, PREAMBLE_CATEGORY, start, end))
-            continue
+        return [], []
+    is_report = any(h.category in REPORT_CATEGORIES for h in headers)
+    # (start, header or None, category, title) of the top-level sections, and of the subs
+    tops: list[tuple[int, Header | None, str]] = []
+    subs: list[tuple[int, Header, str, int]] = []  # (start, header, sub category, top position)
+    top_h: Header | None = None
+    top_cat: str | None = None
+    if (headers and headers[0].start == first.start() and headers[0].alone
+            and headers[0].category == UNKNOWN_CATEGORY):
+        # An unknown title alone on the note's first line ("CARDIOLOGY CONSULT NOTE:") is the
+        # document's title: preamble.
+        headers = headers[1:]
+    for h in headers:
         cat = h.category
-        if parent_cat is not None:
-            if cat == UNKNOWN_CATEGORY and parent_cat in CONTAINER_CATEGORIES:
-                cat = parent_cat
-            elif cat in _ABSORBED.get(parent_cat, ()):
-                cat = parent_cat
-            else:
-                parent_cat = cat
-        else:
-            parent_cat = cat
+        if cat is not None and cat != UNKNOWN_CATEGORY:
+            cat = _contextual(h, cat, is_report, top_cat)
+        family = CONTAINER_FAMILY.get(top_cat) if top_cat is not None else None
+        if family is not None:
+            sub = _child(h, cat, family, top_h, top_cat)
+            if sub is not None:
+                subs.append((h.start, h, sub, len(tops) - 1))
+                continue
+        if cat is None:
+            continue  # a sub-heading outside any container that takes it
+        if top_cat == "signature" and cat == "signature":
+            continue  # "Dictated by:" under "Electronically signed by": one signature block
         if cat == UNKNOWN_CATEGORY:
             # "Clinical Assessment", "Respiratory Care": a known header inside the title.
-            cat = guess_category(h.title) or UNKNOWN_CATEGORY
-            if parent_cat == UNKNOWN_CATEGORY:
-                parent_cat = cat
-        sections.append(Section(len(sections), h.title, cat, start, end, h.end))
-    return sections
+            cat = _title_info(h.title).guess or UNKNOWN_CATEGORY
+            if cat != UNKNOWN_CATEGORY:
+                cat = _contextual(h, cat, is_report, top_cat)
+        if not tops and h.start > first.start():
+            tops.append((first.start(), None, PREAMBLE_CATEGORY))
+        tops.append((h.start, h, cat))
+        top_h, top_cat = h, cat
+    if not tops:
+        tops.append((first.start(), None, PREAMBLE_CATEGORY))
+    # spans of the top-level sections
+    top_secs: list[Section] = []
+    n_top = len(tops)
+    for i, (start, h, cat) in enumerate(tops):
+        stop = tops[i + 1][0] if i + 1 < n_top else len(text)
+        end = start + len(text[start:stop].rstrip())
+        if h is None:
+            top_secs.append(Section(i, None, cat, start, end))
+        else:
+            top_secs.append(Section(i, h.title, cat, start, end, h.end))
+    # sub-sections: headers found above, plus problem headings in problem-oriented containers
+    raw: list[tuple[int, int, str, str, int]] = [  # (start, header_end, title, cat, top)
+        (start, h.end, h.title, sub, ti) for start, h, sub, ti in subs]
+    for sec in top_secs:
+        if sec.category in _PROBLEM_CONTAINERS and sec.header_end is not None:
+            probs = _problem_headers(text, sec.header_end, sec.end)
+            if probs:
+                spans = [(a, b) for a, b, _t in probs]
+                raw = [r for r in raw if not (r[4] == sec.index and any(
+                    a <= r[0] < b or r[0] <= a < r[1] for a, b in spans))]
+                raw.extend((a, b, t, "problem", sec.index) for a, b, t in probs)
+    if not raw:
+        return top_secs, []
+    raw.sort()
+    sub_secs: list[Section] = []
+    for k, (start, h_end, title, cat, ti) in enumerate(raw):
+        parent = top_secs[ti]
+        stop = parent.end
+        if k + 1 < len(raw) and raw[k + 1][4] == ti:
+            stop = min(stop, raw[k + 1][0])
+        if CONTAINER_FAMILY.get(parent.category) in ("body", "objective", "mse"):
+            m = _SUB_END_RE.search(text, h_end, stop)
+            if m is not None:
+                stop = m.start() + (len(m.group()) - len(m.group().lstrip()))
+        end = start + len(text[start:stop].rstrip())
+        if end <= start:
+            continue
+        sub_secs.append(Section(len(sub_secs), title, cat, start, end, min(h_end, end), ti))
+    return top_secs, sub_secs
+
+
+def build_sections(text: str, headers: list[Header]) -> list[Section]:
+    """Top-level sections from headers (see :func:`build_tree`)."""
+    return build_tree(text, headers)[0]
 
 
 def split_sections(text: str) -> list[Section]:
-    """Sections of ``text`` (empty list for empty/whitespace-only text)."""
+    """Top-level sections of ``text`` (empty list for empty/whitespace-only text)."""
     if not text or text.isspace():
         return []
-    return build_sections(text, find_headers(text))
+    return build_tree(text, find_headers(text))[0]
+
+
+def split_sections_tree(text: str) -> tuple[list[Section], list[Section]]:
+    """``(top-level sections, sub-sections)`` of ``text`` (both empty for blank text)."""
+    if not text or text.isspace():
+        return [], []
+    return build_tree(text, find_headers(text))
