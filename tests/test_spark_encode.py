@@ -47,9 +47,8 @@ def _plain_torch(model_dir, texts, pooling, max_length=128):
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_spark_embeddings_match_plain_loop(spark, tiny_bert, pooling):
-    cfg = EncodeConfig(model=tiny_bert, pooling=pooling, max_tokens=256)
-    emb, acc = embed_sentences(_sentences_df(spark), cfg)
-    got = emb.toPandas().sort_values("sentence_index").reset_index(drop=True)
+    cfg = EncodeConfig(model=tiny_bert, pooling=pooling, max_tokens=256, precision="fp32")
+    got = embed_sentences(_sentences_df(spark), cfg).toPandas().sort_values("sentence_index").reset_index(drop=True)
     assert len(got) == len(SENTS)
     ok = got[got.status == "ok"]
     short = ok[ok.n_windows == 1]
@@ -59,13 +58,15 @@ def test_spark_embeddings_match_plain_loop(spark, tiny_bert, pooling):
     bad = got[got.sentence_index.isin([2, 3, 4])]
     assert bad.embedding.isna().all() and (bad.status == "empty_text").all()
     assert (got.loc[got.sentence_index == 6, "n_windows"] > 1).all()
-    assert acc.padded_tokens.value >= got.n_tokens.sum() > 0
+    # Batch accounting rides on the first row of each chunk (no accumulators: Spark Connect).
+    assert got._padded_tokens.sum() >= got._real_tokens.sum() >= got.n_tokens.sum() > 0
+    assert got._batches.sum() >= 1 and got._oom_retries.sum() == 0
 
 
 def test_shuffled_partitions_give_same_vectors(spark, tiny_bert):
     cfg = EncodeConfig(model=tiny_bert, pooling="mean", max_tokens=128)
-    a = embed_sentences(_sentences_df(spark, partitions=1), cfg)[0].toPandas()
-    b = embed_sentences(_sentences_df(spark, partitions=4).orderBy(F.rand(7)), cfg)[0].toPandas()
+    a = embed_sentences(_sentences_df(spark, partitions=1), cfg).toPandas()
+    b = embed_sentences(_sentences_df(spark, partitions=4).orderBy(F.rand(7)), cfg).toPandas()
     a = a.dropna(subset=["embedding"]).sort_values("sentence_index")
     b = b.dropna(subset=["embedding"]).sort_values("sentence_index")
     np.testing.assert_allclose(np.stack(a.embedding.to_numpy()), np.stack(b.embedding.to_numpy()),
