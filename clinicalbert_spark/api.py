@@ -33,7 +33,7 @@ def _encode_config(**kw):
 
 def segment_notes(df: DataFrame, *, id_col: str = "note_id", text_col: str = "text",
                   subject_col: Optional[str] = "subject_id", hadm_col: Optional[str] = "hadm_id",
-                  category_col: Optional[str] = "category", iserror_col: Optional[str] = None,
+                  category_col: Optional[str] = "category", iserror_col: Optional[str] = "iserror",
                   backend: str = "rules", include_text: bool = True,
                   partitions: Optional[int] = None, return_rejects: bool = False):
     """Split each note of ``df`` into sections and sentences with exact character offsets.
@@ -102,7 +102,7 @@ def segment_notes(df: DataFrame, *, id_col: str = "note_id", text_col: str = "te
 
     cfg = InputConfig(id_column=id_col, text_column=text_col, subject_column=opt(subject_col),
                       hadm_column=opt(hadm_col), category_column=opt(category_col),
-                      iserror_column=iserror_col)
+                      iserror_column=opt(iserror_col))
     notes = notes_from_frame(df, cfg)
     out = _segment(notes.notes, backend, include_text, partitions)
     sentences, seg_rejects = split_segment_output(out)

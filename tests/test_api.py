@@ -40,3 +40,26 @@ def test_docstring_examples_run(spark, fill_mask_model, name):
         runner.run(t)
     res = runner.summarize(verbose=False)
     assert res.failed == 0 and res.attempted > 0
+
+
+def _readme_block(marker: str) -> str:
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = text.split(marker, 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_notebook_example_runs(spark, tiny_bert, demo_csv, tmp_path, capsys):
+    """README "From a notebook", run as it stands (with a tiny local model)."""
+    notes = tmp_path / "notes.parquet"
+    pd.read_csv(demo_csv, dtype=str).to_parquet(notes, index=False)
+    glb = {"spark": spark, "NOTES": str(notes), "MODEL": tiny_bert, "OUT": str(tmp_path)}
+    exec(compile(_readme_block("<!-- notebook-example -->"), "README.md", "exec"), glb)
+    vectors = spark.read.parquet(str(tmp_path / "embeddings")).toPandas()
+    n_sentences = glb["sentences"].count()
+    assert len(vectors) == n_sentences > 100
+    assert vectors.embedding.notna().all() and "section_category" in vectors.columns
+    assert "empty_text" in capsys.readouterr().out  # the rejects by reason were shown
+    scored = glb["scored"].limit(5).toPandas()
+    assert len(scored) == 5 and scored.v.map(len).eq(vectors.dim.iloc[0]).all()
