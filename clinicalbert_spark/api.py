@@ -141,6 +141,8 @@ def embed(df: DataFrame, *, text_col: str = "text",
         Token budget per batch (default by device).
     precision : {"auto", "fp32", "bf16", "fp16"}, default "auto"
     device : str, default "auto"
+    allow_pickle : bool, default False
+        Deprecated, no effect (pickle weights are always read weights-only).
         The GPU Spark assigned to the task, else CUDA, else CPU.
     partitions : int, optional
         Tasks to spread the rows over (default: the session's parallelism).

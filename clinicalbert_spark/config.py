@@ -79,6 +79,8 @@ class EncodeConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     embedding_dtype: Literal["float32", "float16"] = "float32"
     compile: bool = False
+    # Deprecated, no effect: pytorch_model.bin loads weights-only by default; full unpickling
+    # (code) is never allowed.
     allow_pickle: bool = False
     device: str = "auto"
 

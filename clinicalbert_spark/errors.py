@@ -13,7 +13,7 @@ code   meaning
 2      configuration or usage error (flag, config file, run id)
 3      input error (input missing, unreadable, or lacking the configured columns)
 4      output error (output root not a writable folder, unsafe change refused)
-5      model error (model files missing, pickle-only checkpoint refused, no head)
+5      model error (model files missing, a pickle that would run code refused, no head)
 75     another run holds the output root's lock; retry later (EX_TEMPFAIL)
 =====  ==========================================================================
 """

@@ -116,7 +116,7 @@ def build_tiny_bert(
     seed : int, default=0
         Same seed, same weights.
     save_format : {"safetensors", "pickle"}
-        ``"pickle"`` writes ``pytorch_model.bin`` only (to test refusal).
+        ``"pickle"`` writes ``pytorch_model.bin`` only (a pickle-only checkpoint, read weights-only).
     hidden_size, num_hidden_layers : int
         Size (2 heads, intermediate 2 x hidden, 512 positions).
 

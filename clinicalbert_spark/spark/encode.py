@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..config import EncodeConfig, PredictConfig
-from ..models import model_identity, preflight, preflight_head, resolve_model_path
+from ..models import model_identity, preflight, preflight_head
 from .. import schemas
 
 log = logging.getLogger(__name__)
