@@ -263,13 +263,11 @@ def encoder_udf(model: str = DEFAULT_MODEL, *, revision: Optional[str] = None,
     >>> round(sum(x * x for x in rows[0].v), 4)
     1.0
     """
-    from .models import preflight
     from .spark.encode import encoder_series_udf
 
     cfg = _encode_config(model=model, revision=revision, pooling=pooling, normalize=normalize,
                          max_length=max_length, stride=stride, long_policy=long_policy,
                          max_tokens=max_tokens, precision=precision, device=device,
                          allow_pickle=allow_pickle)
-    preflight(cfg.model, cfg.revision, cfg.allow_pickle)
-    return encoder_series_udf(cfg)
+    return encoder_series_udf(cfg)  # resolves and checks the model on the driver
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -188,6 +189,8 @@ def encoder_series_udf(cfg: EncodeConfig):
     Arrow batches are gathered into chunks so that length sorting works across them."""
     from pyspark.sql.functions import pandas_udf
 
+    cfg = worker_config(cfg)
+
     def encode(it: Iterator[pd.Series]) -> Iterator[pd.Series]:
         enc = get_encoder(cfg)
         for batches in _series_chunks(it, CHUNK_ROWS):
@@ -246,18 +249,29 @@ def require_columns(df: DataFrame, cols: list[str], what: str) -> None:
         raise InputError(f"{what} lacks column(s) {missing}; it has {shown}")
 
 
+def worker_config(cfg: EncodeConfig) -> EncodeConfig:
+    """``cfg`` as the workers get it: a hub id is resolved (and checked) here, on the driver,
+    and the workers read that snapshot folder, pinned to the revision the driver resolved;
+    they never call the hub. Local folders and ``pkg:`` models are passed on as given (an
+    executor's own environment resolves them)."""
+    local = preflight(cfg.model, cfg.revision, cfg.allow_pickle)
+    if cfg.model.startswith("pkg:") or Path(cfg.model).expanduser().exists():
+        return cfg
+    return cfg.model_copy(update={"model": local})
+
+
 def embed_frame(df: DataFrame, cfg: EncodeConfig, text_col: str = "text",
                 keep: list[str] | None = None, partitions: int | None = None,
                 stats: bool = False) -> DataFrame:
     """Embeddings of ``df[text_col]``: the ``keep`` columns plus :data:`EMBED_RESULT`
     (and :data:`STATS` when ``stats``). The model is resolved once here, on the driver."""
-    preflight(cfg.model, cfg.revision, cfg.allow_pickle)
     keep = list(keep if keep is not None else [])
     require_columns(df, [text_col, *keep], "the input")
     if cfg.embedding_dtype == "float16":
         log.warning("embedding_dtype=float16: vectors are rounded to half precision, but the "
                     "table stores array<float> (Spark SQL has no 16-bit float type)")
     model_id, revision = model_identity(cfg.model, cfg.revision)
+    cfg = worker_config(cfg)
     cols = list(dict.fromkeys([*keep, text_col]))
     src = _spread(df.select(*cols), partitions)
     schema = _output_schema(src, keep, EMBED_RESULT, stats)
@@ -341,6 +355,7 @@ def predict_frame(df: DataFrame, model: str, revision: str | None, pcfg: Predict
     ``start_col`` holds the sentence's offset in it."""
     model_id, recorded_revision = model_identity(model, revision)
     preflight_head(model, revision, ecfg.allow_pickle, pcfg.task)
+    model = worker_config(ecfg.model_copy(update={"model": model, "revision": revision})).model
     keep = list(keep if keep is not None else [])
     require_columns(df, [text_col, *keep, *([start_col] if start_col else [])], "the input")
     cols = list(dict.fromkeys([*keep, text_col, *([start_col] if start_col else [])]))
