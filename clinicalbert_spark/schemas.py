@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import types as T
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 PARTITION_COLUMN = "run_id"
 
 S, I, L, D = T.StringType(), T.IntegerType(), T.LongType(), T.DoubleType()
@@ -37,6 +37,9 @@ class TableSpec:
 SENTENCES = T.StructType([
     _f("note_id", S, False), _f("subject_id", S), _f("hadm_id", S), _f("category", S),
     _f("section_index", I, False), _f("section_title", S), _f("section_category", S, False),
+    # Inside a container section (physical exam, review of systems, A&P...): the sub-section
+    # (e.g. heent); null elsewhere. Added in 2.1.
+    _f("subsection_index", I), _f("subsection_title", S), _f("subsection_category", S),
     _f("sentence_index", I, False), _f("start", I, False), _f("end", I, False),
     _f("text", S), _f("segmenter", S, False), _f("segmenter_version", S, False),
     _f("note_hash", S, False), _f("fingerprint", S),

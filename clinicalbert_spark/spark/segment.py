@@ -65,12 +65,15 @@ def segment_batches(
                 out["section_index"].append(s.section_index)
                 out["section_title"].append(s.section_title)
                 out["section_category"].append(s.section_category)
+                out["subsection_index"].append(s.subsection_index)
+                out["subsection_title"].append(s.subsection_title)
+                out["subsection_category"].append(s.subsection_category)
                 out["sentence_index"].append(s.sentence_index)
                 out["start"].append(s.start)
                 out["end"].append(s.end)
                 out["text"].append(text[s.start:s.end] if include_text else None)
         frame = pd.DataFrame(out, columns=cols)
-        for c in ("section_index", "sentence_index", "start", "end"):
+        for c in ("section_index", "subsection_index", "sentence_index", "start", "end"):
             frame[c] = frame[c].astype("Int32")
         frame["source_row"] = frame["source_row"].astype("Int64")
         yield frame
