@@ -330,3 +330,206 @@ def test_unknown_header_gets_category_of_its_head_words():
     assert guess_category("INDICATIONS FOR OPERATION") == "indication"
     assert guess_category("DETAILS OF THE PROCEDURE") == "procedures"
     assert guess_category("Zebra Crossing") is None
+
+
+# ----------------------------------------------------------------- v2: section hierarchy
+def test_same_body_system_word_means_what_its_container_makes_it():
+    text = ("REVIEW OF SYSTEMS\nConstitutional: No fever.\nHEENT: No vision change.\n\n"
+            "PHYSICAL EXAM\nConstitutional: Well appearing.\nHEENT: PERRL.\n\nPLAN\nReturn prn.")
+    assert tree(text) == [
+        ("review_of_systems", None), ("review_of_systems", "constitutional"),
+        ("review_of_systems", "heent"), ("physical_exam", None),
+        ("physical_exam", "constitutional"), ("physical_exam", "heent"), ("plan", None), ("plan", None)]
+    out = SEG.segment(text)
+    assert out[2].subsection_title == "HEENT" and out[2].section_title == "REVIEW OF SYSTEMS"
+
+
+def test_body_systems_without_a_container_stay_top_level():
+    text = "Neuro: alert.\nCV: NSR.\nResp: clear."
+    assert cats(text) == [("Neuro", "neuro"), ("CV", "cardiovascular"), ("Resp", "respiratory")]
+    assert SEG.subsections(text) == []
+
+
+def test_inline_ros_subsections_after_the_container_header():
+    text = "REVIEW OF SYSTEMS: Constitutional: Mild fatigue. HEENT: No sores. All other systems negative."
+    assert sents(text) == ["REVIEW OF SYSTEMS:", "Constitutional: Mild fatigue.", "HEENT: No sores.",
+                           "All other systems negative."]
+    assert tree(text) == [("review_of_systems", None), ("review_of_systems", "constitutional"),
+                          ("review_of_systems", "heent"), ("review_of_systems", None)]
+
+
+def test_vitals_after_ros_start_a_new_section():
+    text = "ROS:\nConstitutional: no fever\nVitals: BP 120/80\nGeneral: NAD"
+    assert [c for _, c in cats(text)] == ["review_of_systems", "vital_signs", "physical_exam"]
+
+
+def test_mental_status_exam_items():
+    text = ("MENTAL STATUS EXAMINATION\nAppearance: Well groomed.\nMood: \"Okay.\"\n"
+            "Thought process: Linear.\nInsight: Fair.\n\nPLAN\nStart sertraline.")
+    assert tree(text)[:5] == [
+        ("mental_status_exam", None), ("mental_status_exam", "appearance"),
+        ("mental_status_exam", "mood_affect"), ("mental_status_exam", "thought_process"),
+        ("mental_status_exam", "insight_judgment")]
+    assert tree(text)[-1] == ("plan", None)
+
+
+def test_subheading_outside_a_container_is_not_a_header():
+    text = "HPI: pain.\nThought process: hard to follow per family."
+    assert cats(text) == [("HPI", "history_of_present_illness")]
+
+
+def test_problem_headings_in_assessment_and_plan():
+    text = ("ASSESSMENT AND PLAN\n\n85F with delirium.\n\nDelirium\nStop oxybutynin.\n\n"
+            "B. Diabetes mellitus type 2\nHold metformin.\n# CKD: Cr at baseline.\n"
+            "1. Hypertension, well controlled. Continue lisinopril.\n2. Recheck BMP in 1 week.")
+    assert [(s.title, s.category) for s in SEG.subsections(text)] == [
+        ("Delirium", "problem"), ("Diabetes mellitus type 2", "problem"), ("CKD", "problem"),
+        ("Hypertension, well controlled", "problem")]
+    got = sents(text)
+    assert "B. Diabetes mellitus type 2" in got and "2. Recheck BMP in 1 week." in got
+    assert tree(text)[-1] == ("assessment_and_plan", "problem")  # the action item stays in it
+
+
+def test_organ_subsections_of_imaging_findings():
+    text = "FINDINGS:\nLIVER: Steatosis.\nKIDNEYS: No stones.\nSPLEEN: Normal.\n\nIMPRESSION:\n1. Steatosis."
+    assert [(s.title, s.category) for s in SEG.subsections(text)] == [
+        ("LIVER", "gastrointestinal"), ("KIDNEYS", "genitourinary"), ("SPLEEN", "lymphatic")]
+    assert [c for _, c in cats(text)] == ["findings", "impression"]
+
+
+def test_results_subsections_and_main_sections():
+    text = "LABS:\nNa 140\nECG: sinus\nIMAGING:\nCXR clear"
+    assert [c for _, c in cats(text)] == ["labs_and_studies", "imaging"]
+    assert [(s.title, s.category) for s in SEG.subsections(text)] == [("ECG", "labs_and_studies")]
+
+
+def test_unknown_caps_subheading_styled_like_its_container_is_a_sibling():
+    text = "PHYSICAL EXAMINATION\n\nHEENT: PERRL.\n\nZEBRA SECTION\n\nSome prose here."
+    assert [c for _, c in cats(text)] == ["physical_exam", UNKNOWN_CATEGORY]
+
+
+# ----------------------------------------------------------------- v2: header variants
+def test_unknown_caps_line_between_blank_line_and_prose_is_a_header():
+    text = "ALLERGIES\n\nNone.\n\nADVANCE CARE PLANNING\n\nDNR/DNI, confirmed with daughter."
+    assert [c for _, c in cats(text)] == ["allergies", "code_status"]
+    text = "CT CHEST\n\nAP SINGLE VIEW OF THE CHEST\n\nHISTORY: cough."  # no prose after it
+    assert [t for t, _ in cats(text)] == [None, "HISTORY"]
+
+
+@pytest.mark.parametrize("title, cat", [
+    ("Hx of present illness", "history_of_present_illness"),
+    ("Past surg hx", "past_surgical_history"), ("Pysical exam", "physical_exam"),
+    ("Histroy of Present Illness", "history_of_present_illness"), ("D/C meds", "discharge_medications"),
+    ("Fam hx", "family_history"), ("Psych hx", "past_psychiatric_history"),
+    ("IMPRESSION / DIAGNOSIS", "impression"), ("SHX/FHX", "social_history"),
+])
+def test_abbreviated_and_misspelt_titles(title, cat):
+    from clinicalbert_spark.segment.lexicon import lookup_header
+
+    assert lookup_header(title) == cat
+
+
+def test_no_substitution_spelling_fix():
+    from clinicalbert_spark.segment.lexicon import lookup_header
+
+    assert lookup_header("Source") is None  # not "Course"
+
+
+def test_signature_blocks():
+    text = ("Plan: home.\nElectronically signed by J. Doe, MD on [**2153-1-1**]\n"
+            "Dictated by: K. Roe, MD")
+    assert [c for _, c in cats(text)] == ["plan", "signature"]
+    text = "Plan: home.\n\nYours sincerely,\n\nDr. A. Smith"
+    assert [c for _, c in cats(text)] == ["plan", "signature"]
+    assert [c for _, c in cats("Plan: home.\nSigned: A. Nwosu, RN")] == ["plan", "signature"]
+
+
+def test_header_with_text_on_the_same_line_guessed_from_its_head_words():
+    text = "Indication: ascites.\nPost-procedure plan: Monitor BP q15min."
+    assert [c for _, c in cats(text)] == ["indication", "plan"]
+
+
+def test_report_versus_clinician_note_categories():
+    report = "FINDINGS: Clear lungs.\nIMPRESSION: Normal.\nCOMMENT: None."
+    assert [c for _, c in cats(report)] == ["findings", "impression", "impression"]
+    note = "HPI: cough.\nIMPRESSION: Bronchitis.\nFinal diagnoses: Bronchitis\nHISTORY: x"
+    assert [c for _, c in cats(note)] == ["history_of_present_illness", "assessment",
+                                          "discharge_diagnosis", "history_of_present_illness"]
+
+
+def test_diet_and_activity_depend_on_the_note():
+    assert [c for _, c in cats("Neuro: A&O.\nDiet: cardiac.\nActivity: OOB.")] == [
+        "neuro", "nutrition", "rehab"]
+    assert [c for _, c in cats("Discharge Instructions:\nCall.\nDiet: cardiac.\nActivity: walk.")] == [
+        "discharge_instructions"] * 3
+
+
+def test_soap_letters_with_periods():
+    text = "S. NO COMPLAINTS\n\nO. SEE FLOWSHEET\nA. STABLE\nP. CONTINUE"
+    assert [c for _, c in cats(text)] == ["subjective", "objective", "assessment", "plan"]
+
+
+def test_lowercase_word_wrapped_onto_a_line_start_is_not_a_header():
+    line = "She reports ongoing worry about her son's recent legal troubles and his"
+    text = "\n".join([line, line, line, "treatment: she cannot sleep.", line])
+    assert cats(text) == [(None, PREAMBLE_CATEGORY)]
+
+
+# ----------------------------------------------------------------- v2: sentences
+@pytest.mark.parametrize("text", [
+    '"I feel so much better today." he said, smiling.',
+    'She said "the pain is gone." and fell asleep.',
+    "Risks include (1) bleeding, (2) infection and (3) pain.",
+    "Risks include 1) bleeding, 2) infection and 3) pain.",
+    "She was seen by Dr. J. K. Lee in clinic.",
+    "She was seen by J. K. Rowland in clinic.",
+    "She was seen by Dr. J.K. Rowland in clinic.",
+    "At 3 p.m. Dr. Chan was notified of the result.",
+    "As shown in Fig. 2 the lesion grew; see vol. 3, pg. 4 and p. 12.",
+    "Lisinopril 10 mg 1 tab PO BID\n(two times a day) for 30 days.",
+    "Ciprofloxacin 500 mg Tablet Sig: One (1) Tablet PO Q12H\nSubcutaneous route per pharmacy.",
+])
+def test_v2_no_split(text):
+    assert sents(text) == [text]
+
+
+@pytest.mark.parametrize("text, want", [
+    ("The ECG was done at 3 p.m. Dr. Chan reviewed it.", ["The ECG was done at 3 p.m.", "Dr. Chan reviewed it."]),
+    ("Reports abdominal pain.Denies nausea.", ["Reports abdominal pain.", "Denies nausea."]),
+    ("Is the pain better?Yes, much better.", ["Is the pain better?", "Yes, much better."]),
+    ("We agreed. i. Start lisinopril. ii. Recheck BMP.", ["We agreed.", "i. Start lisinopril.", "ii. Recheck BMP."]),
+    ("Plan: 1) start lisinopril 2) recheck BMP", ["Plan: 1) start lisinopril", "2) recheck BMP"]),
+    ("Options: i. surgery ii. radiation", ["Options: i. surgery", "ii. radiation"]),
+    ("The patient is well.\nB. Diabetes mellitus type 2\nA1c 8.1.", ["The patient is well.", "B. Diabetes mellitus type 2", "A1c 8.1."]),
+    ("pt calm. (resolved.) lungs clear.", ["pt calm.", "(resolved.)", "lungs clear."]),
+    ("Given levo, IV. Continue.", ["Given levo, IV.", "Continue."]),
+    ("cared for by ABC, M.D. Historically he did well.", ["cared for by ABC, M.D.", "Historically he did well."]),
+    ("vs replacing NGT per H.O. Pt requesting coffee.", ["vs replacing NGT per H.O.", "Pt requesting coffee."]),
+    ("fluency score 18/60 sec. 2) recall intact", ["fluency score 18/60 sec.", "2) recall intact"]),
+    ("Lines:\n(-) 2.5L today", ["Lines:", "(-) 2.5L today"]),
+])
+def test_v2_splits(text, want):
+    assert sents(text) == want
+
+
+def test_narrow_hard_wrapped_narrative_joins():
+    text = ("Walked to the nurses' station and\nback with PT without stopping. Slept\n"
+            "well. No chest pain. Some dry mouth\nafter the nebs and some cough with\n"
+            "thin white sputum, improving since\nyesterday per the patient report.")
+    got = sents(text)
+    assert "Slept\nwell." in got and "Some dry mouth\nafter the nebs and some cough with\nthin white sputum, improving since\nyesterday per the patient report." in got
+
+
+def test_free_length_lines_still_split_before_lower_case():
+    text = "pupils equal and brisk\nc/o mild headache\nlungs clear upper lobes\nstrong cough"
+    assert len(sents(text)) == 4
+
+
+def test_fast_sentence_constructor_equals_the_dataclass():
+    from clinicalbert_spark.segment.types import make_sentence
+
+    a = make_sentence(1, "HPI", "history_of_present_illness", 3, 10, 20, "HEENT", "heent", 0)
+    b = Sentence(1, "HPI", "history_of_present_illness", 3, 10, 20, "HEENT", "heent", 0)
+    assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
+    with pytest.raises(Exception):
+        a.start = 5  # still frozen

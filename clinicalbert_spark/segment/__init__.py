@@ -8,6 +8,15 @@
  ('history_of_present_illness', 'HPI: 65 yo M s/p CABG.'),
  ('history_of_present_illness', 'Seen by Dr. Smith at 7 a.m. today.')]
 
+Sections form a hierarchy: inside a container (physical exam, review of systems, assessment and
+plan ...) every sentence keeps the container's category and names its sub-section:
+
+>>> note = "REVIEW OF SYSTEMS\\nHEENT: No vision change.\\n\\nPHYSICAL EXAM\\nHEENT: PERRL."
+>>> pairs = [(s.section_category, s.subsection_category) for s in seg.segment(note)]
+>>> pairs  # doctest: +NORMALIZE_WHITESPACE
+[('review_of_systems', None), ('review_of_systems', 'heent'),
+ ('physical_exam', None), ('physical_exam', 'heent')]
+
 Pure Python, no Spark. See ``docs/segmentation.md`` for the rules and the gold-set guideline.
 """
 from .backends import (
@@ -18,7 +27,7 @@ from .backends import (
     segment_note,
 )
 from .lexicon import PREAMBLE_CATEGORY, UNKNOWN_CATEGORY
-from .sections import split_sections
+from .sections import split_sections, split_sections_tree
 from .types import Section, Sentence
 
 __all__ = [
@@ -32,4 +41,5 @@ __all__ = [
     "get_segmenter",
     "segment_note",
     "split_sections",
+    "split_sections_tree",
 ]

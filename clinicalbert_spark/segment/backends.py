@@ -25,7 +25,7 @@ from typing import Callable
 
 from .sections import split_sections, split_sections_tree
 from .sentences import sentence_cuts, spans
-from .types import Section, Sentence
+from .types import Section, Sentence, make_sentence
 
 RULES_VERSION = "2.0.0"
 SCISPACY_MODELS = ("en_core_sci_md", "en_core_sci_sm")
@@ -103,10 +103,10 @@ class Segmenter:
                 ui += 1
             if ui < n_sub and subs[ui].start <= a:
                 sub = subs[ui]
-                out.append(Sentence(sec.index, sec.title, sec.category, len(out), a, b,
-                                    sub.title, sub.category, sub.index))
+                out.append(make_sentence(sec.index, sec.title, sec.category, len(out), a, b,
+                                         sub.title, sub.category, sub.index))
             else:
-                out.append(Sentence(sec.index, sec.title, sec.category, len(out), a, b))
+                out.append(make_sentence(sec.index, sec.title, sec.category, len(out), a, b))
         return out
 
     def _sentence_cuts(self, text: str, sections: list[Section]) -> list[int]:

@@ -334,6 +334,10 @@ def lookup_header(title: str) -> str | None:
         for cand in (key.replace("/", " and "), key.replace("/", " ")):
             if cand in HEADER_LEXICON:
                 return HEADER_LEXICON[cand]
+        # "IMPRESSION / DIAGNOSIS", "MEDICATIONS/ALLERGIES", "SHX/FHX": the first part
+        head = key.split("/", 1)[0].strip()
+        if len(head) >= 2 and head in HEADER_LEXICON:
+            return HEADER_LEXICON[head]
     if key.endswith("s") and key[:-1] in HEADER_LEXICON:
         return HEADER_LEXICON[key[:-1]]
     return _variant_lookup(alt)
@@ -454,7 +458,13 @@ sl slt mod sev occ freq incr decr dec inc diff ant post sup inf lt rt l r bil pt
 req reqd eval evals sched imp dept info adm admin prev hosp hosp. dept lab labs meds med
 rxn fam hist pmd pmh sob doe nl wnl wnr ntd mult diag pos. uncompl
 a.s.a asa n.p.o npo d/c dc'd d.c w.n.l n.a na n/a
-vit dil conc tbsp tsp amt amts bx cx ux rx
+vit dil conc tbsp tsp amt amts bx cx ux rx mgmt mgt mngmt
+""".split())
+
+#: abbreviations that precede a number: "Fig. 2", "vol. 3", "pg. 4", "p. 12", "No. 5"
+BEFORE_NUMBER_ABBREVIATIONS: frozenset[str] = frozenset("""
+fig figs vol vols pg pgs p pp no nos ch chap eq eqs tab tbl ref refs art para pt rm apt ste fl
+bldg ext tel dept approx
 """.split())
 
 #: abbreviations of units and durations: a clause usually goes on after them ("30 sec. after",
@@ -545,15 +555,34 @@ _V2_SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "imaging": ("echo", "echocardiogram", "echocardiography", "tte", "tee"),
     "hospital_course": ("events", "shift events", "significant events"),
+    "past_medical_history": (
+        "hospitalizations", "prior hospitalizations", "previous hospitalizations", "illnesses",
+        "medical illnesses", "coronary risk factors", "cardiac risk factors", "risk factors",
+        "childhood illnesses", "immunizations", "immunization history", "health maintenance",
+        "previous injuries", "prior injuries", "chronic conditions", "active problems",
+        "active problem list", "current problems", "medical problem list",
+    ),
+    "past_surgical_history": ("surgeries", "past surgeries", "prior surgery", "surgical hx"),
+    "chief_complaint": ("present complaints", "presenting complaints", "complaints",
+                        "reason for admission/chief complaint"),
+    "plan": ("treatment", "prescriptions", "counseling", "orders", "tests ordered",
+             "diagnostic and lab orders", "labs ordered", "work status", "therapy plan",
+             "treatment recommendations", "disposition plan", "next steps", "instructions given"),
+    "labs_and_studies": ("spirometry", "diffusion capacity", "tests administered", "test results",
+                         "pulmonary function tests", "pfts"),
     "final_report": ("note added at attending review", "attending review", "addenda",
                      "revised report", "corrected report"),
     "code_status": ("advance care planning", "advance directive", "acp", "resuscitation status"),
     "assessment": (
+        "discussion", "prognosis", "clinical discussion", "summary and discussion",
         "medical decision making", "mdm", "risk assessment", "suicide risk assessment",
         "clinical formulation", "case formulation", "differential diagnosis", "ddx",
     ),
     "impression": ("comment", "comments"),
     "procedures": (
+        "blood loss", "tourniquet time", "duration of surgery", "operative time", "position",
+        "positioning", "operative preparation", "preparation", "instruments", "implant",
+        "hardware", "closure", "sutures", "wound closure", "anesthesia type", "type of anesthesia",
         "operator", "operators", "proceduralist", "consent", "informed consent", "time out",
         "time-out", "timeout", "universal protocol", "operation performed", "surgeons",
         "anesthesiologist",
@@ -593,24 +622,33 @@ _BODY_SUBS: dict[str, tuple[str, ...]] = {
     "heent": ("heent", "hent", "head", "eyes", "ears", "nose", "throat", "mouth", "ent", "eent",
               "neck", "eyes/conjunctiva", "eyes / conjunctiva", "head and neck", "heent/neck",
               "oropharynx", "ears/nose/mouth/throat", "ears nose mouth throat",
-              "ear/nose/throat", "ophthalmologic", "oral", "face", "head/neck"),
+              "ear/nose/throat", "ophthalmologic", "oral", "face", "head/neck", "pupils",
+              "fundi", "fundoscopic", "teeth", "dentition", "tympanic membranes", "tms",
+              "oral cavity", "pharynx", "sinuses", "thyroid"),
     "cardiovascular": ("cv", "cardiovascular", "heart", "cardiac", "cvs", "cor", "cardio",
                        "pulses", "peripheral vascular", "vascular", "chest/cv",
                        "cardiovascular/peripheral vascular", "ext/vasc"),
     "respiratory": ("lungs", "lung", "chest", "respiratory", "resp", "pulmonary", "pulm",
-                    "chest/lungs", "lungs/chest", "respiratory/chest", "breath sounds"),
+                    "chest/lungs", "lungs/chest", "respiratory/chest", "breath sounds",
+                    "breathing", "respiratory effort"),
     "breast": ("breast", "breasts", "chest/breast"),
     "gastrointestinal": ("abdomen", "abd", "gi", "gastrointestinal", "abdominal", "gi/abd",
                          "abdomen/gi", "rectal/gi"),
     "genitourinary": ("gu", "genitourinary", "rectal", "pelvic", "genitalia", "gyn",
-                      "genital", "urinary", "renal", "renal/gu", "gu/renal", "pelvis"),
+                      "genital", "urinary", "renal", "renal/gu", "gu/renal", "pelvis", "anus",
+                      "perianal", "rectum", "external genitalia", "pelvic exam", "rectal exam"),
     "musculoskeletal": ("ext", "extremities", "extremity", "musculoskeletal", "msk", "back",
                         "spine", "joints", "rom", "range of motion", "strength",
-                        "musculoskeletal/extremities", "extremities/musculoskeletal"),
+                        "musculoskeletal/extremities", "extremities/musculoskeletal", "hips",
+                        "hip", "knees", "knee", "shoulders", "shoulder", "hands", "hand",
+                        "feet", "foot", "wrists", "ankles", "cervical spine", "lumbar spine",
+                        "chest wall"),
     "skin": ("skin", "integument", "integumentary", "derm", "dermatologic", "skin/wound",
              "wound", "incision", "incisions"),
     "neuro": ("neuro", "neurological", "neurologic", "neurology", "cns", "nervous system",
-              "neuro exam", "neurological exam"),
+              "neuro exam", "neurological exam", "reflexes", "deep tendon reflexes", "dtrs",
+              "cranial nerves", "motor", "motor exam", "sensory", "sensory exam", "sensation",
+              "coordination", "cerebellar", "muscle tone", "tone", "gait and station"),
     "psychiatric": ("psych", "psychiatric", "psychological", "mood", "behavioral",
                     "mental status", "mood/affect", "psych/mood"),
     "endocrine": ("endo", "endocrine", "endocrinologic", "endocrine/metabolic"),
@@ -697,7 +735,7 @@ _FINDINGS_SUBS: dict[str, tuple[str, ...]] = {
     "neuro": ("brain", "brain parenchyma", "ventricles", "extra-axial spaces", "posterior fossa",
               "spinal cord", "orbits", "sella"),
     "heent": ("sinuses", "paranasal sinuses", "mastoids", "neck", "soft tissues of the neck"),
-    "other": ("general comments", "other", "other findings", "incidental findings",
+    "other": ("general comments", "other findings", "incidental findings",
               "lines and tubes", "tubes and lines", "support devices"),
 }
 _DX_SUBS: dict[str, tuple[str, ...]] = {

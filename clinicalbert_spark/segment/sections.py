@@ -24,7 +24,6 @@ likewise stay ``pertinent_results``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -40,6 +39,7 @@ from .lexicon import (
     lookup_header,
     normalize_title,
 )
+from .sentences import WRAP_WIDTH_SLACK, _hard_wrap_width
 from .types import Section
 
 _LS = r"(?:(?<=[\n\r])|\A)"  # line start for \n, \r\n and bare \r line ends
@@ -65,9 +65,11 @@ _ALONE_CR_RE = re.compile(_LS + _ALONE_TITLE + r"[ \t]*(?P<comma>,)?[ \t]*(?=[\r
 # Metavision headers followed by a timestamp rather than a colon; signature lines without a colon.
 _PREFIX_RE = re.compile(_LS + r"[ \t]*(?P<title>Flowsheet Data as of)\b", re.I)
 _SIGNED_RE = re.compile(
-    _LS + r"[ \t]*(?P<title>(?:electronically|digitally) signed(?: out)?(?: by)?|"
-    r"signed (?:electronically|out) by|e-signed by)\b(?![ \t]*:)", re.I)
+    r"(?im)^[ \t]*(?P<title>(?:electronically|digitally) signed(?: out)?(?: by)?|"
+    r"signed (?:electronically|out) by|e-signed by)\b(?![ \t]*:)")
 
+_SOAP_DOT_RE = re.compile(r"(?m)^[ \t]*(?P<title>[SOAP])\.(?=[ \t\r\n])")
+_SOAP_CATEGORY = {"S": "subjective", "O": "objective", "A": "assessment", "P": "plan"}
 _VALUE_RE = re.compile(r"[-+~<>=(]*\s*\d")  # "KEY: 120/80", "KEY: (36.8)" -> a field
 _DIGIT_RE = re.compile(r"\d")
 _DIGITS_SLASH = frozenset("0123456789/")
@@ -119,8 +121,7 @@ _CONTEXT_DEFAULT = {"diet": "nutrition", "activity": "rehab", "diet/activity": "
                     "activity/diet": "rehab", "diet and activity": "nutrition"}
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """A detected header: ``note[start:end]`` is the title plus its colon (if any)."""
 
     start: int
@@ -207,13 +208,13 @@ def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str 
             if before == "," and not caps:
                 return None
             return cat
-        if info.sub and before == "." and (caps or info.titlecase):
-            return SUB
         if not caps or before not in ".," or (before == "," and text[j - 1: j] != "."):
-            return None
+            return SUB if (info.sub and before == "." and info.titlecase) else None
     elif cat is not None:
         if kind == "alone" and not title[0].isupper():
             return None  # a wrapped prose line that happens to read "physical exam"
+        if kind == "colon" and title[0].islower() and len(title) > 4 and _wrapped_into(text, t_start):
+            return None  # "... about her son's" / "treatment: ..." - prose wrapped onto "word:"
         return cat
     if kind == "alone":
         # Unknown lines without a colon are too often exam titles ("AP SINGLE VIEW OF THE
@@ -225,18 +226,38 @@ def _classify(text: str, kind: str, title: str, t_start: int, rest: str) -> str 
         if caps and info.plausible and _caps_line_header(text, t_start, title):
             return UNKNOWN_CATEGORY
         return None
-    if info.sub and (caps or info.titlecase or title[0].isupper()):
-        return SUB  # "Thought process: linear", "Appearance: well groomed" (inside an MSE/exam)
+    # a sub-heading that is no header on its own: "Thought process: linear" (inside an MSE)
+    sub = SUB if info.sub and title[0].isupper() else None
     if not info.plausible:
-        return None
+        return sub
     if caps and sum(c.isalpha() for c in title) >= 2:
-        return None if (rest and _VALUE_RE.match(rest)) else UNKNOWN_CATEGORY
+        return sub if (rest and _VALUE_RE.match(rest)) else UNKNOWN_CATEGORY
     if kind == "colon" and not rest and title[0].isupper() and info.titlecase:
         return UNKNOWN_CATEGORY
     if (kind == "colon" and info.guess in _GUESSABLE and title[0].isupper()
             and len(info.key.split()) >= 2 and not (rest and _VALUE_RE.match(rest))):
         return UNKNOWN_CATEGORY  # "Post-procedure plan: monitor BP q15min"
-    return None
+    return sub
+
+
+def _wrapped_into(text: str, t_start: int) -> bool:
+    """The line holding ``t_start`` continues a long line of prose above it (which ends in a
+    lower-case word or a comma)."""
+    ls = t_start
+    while ls > 0 and text[ls - 1] in " \t":
+        ls -= 1
+    if ls == 0 or text[ls - 1] not in "\r\n":
+        return False
+    pe = ls - 1
+    if pe > 0 and text[pe] == "\n" and text[pe - 1] == "\r":
+        pe -= 1
+    prev = text[max(0, pe - 200):pe]
+    k = max(prev.rfind("\n"), prev.rfind("\r"))
+    line = prev[k + 1:].rstrip()
+    if len(line) < 50 or not (line[-1].islower() or line[-1] in ",'"):
+        return False
+    width = _hard_wrap_width(text)
+    return bool(width) and len(line) >= width - WRAP_WIDTH_SLACK
 
 
 def _caps_line_header(text: str, t_start: int, title: str) -> bool:
@@ -283,6 +304,13 @@ def find_headers(text: str) -> list[Header]:
     for m in alone_re.finditer(text):
         kind = "alone," if m.group("comma") else "alone"
         cands.append((m.start("title"), m.end("title"), kind, m.group("title"), m.end()))
+    if "\nO. " in text or "\nA. " in text:
+        # SOAP letters with a period at line starts ("S. NO COMPLAINTS" / "O. SEE FLOWSHEET" /
+        # "A. STABLE" / "P. CONTINUE"): headers when the note uses at least three of them
+        soap = [m for m in _SOAP_DOT_RE.finditer(text)]
+        if len({m.group("title") for m in soap}) >= 3:
+            for m in soap:
+                cands.append((m.start("title"), m.end(), "soap", m.group("title"), m.end()))
     if "lowsheet" in text or "LOWSHEET" in text:
         for m in _PREFIX_RE.finditer(text):
             cands.append((m.start("title"), m.end("title"), "prefix", m.group("title"), m.end()))
@@ -300,6 +328,10 @@ def find_headers(text: str) -> list[Header]:
             cat: str | None = "vital_signs"
             rest = ""
             alone = False
+        elif kind == "soap":
+            cat = _SOAP_CATEGORY[title]
+            rest = _LINE_END_RE.match(text, rest_start).group().strip()
+            alone = not rest
         elif kind == "signed":
             cat = "signature"
             rest = ""
@@ -501,7 +533,7 @@ def _problem_headers(text: str, body: int, end: int) -> list[tuple[int, int, str
 
 
 _SUB_END_RE = re.compile(
-    r"(?im)^[ \t]*(?:all (?:other|remaining)\b|all others\b|remainder of\b|rest of (?:the )?"
+    r"(?im)(?:^|(?<=[.;] ))[ \t]*(?:all (?:other|remaining)\b|all others\b|remainder of\b|rest of (?:the )?"
     r"(?:ros|review|exam|systems)\b|(?:ros|review of systems) (?:otherwise|is otherwise)\b|"
     r"otherwise (?:negative|normal|unremarkable)\b|other systems\b)")
 
@@ -522,7 +554,8 @@ def build_tree(text: str, headers: list[Header]) -> tuple[list[Section], list[Se
     top_h: Header | None = None
     top_cat: str | None = None
     if (headers and headers[0].start == first.start() and headers[0].alone
-            and headers[0].category == UNKNOWN_CATEGORY):
+            and headers[0].category == UNKNOWN_CATEGORY
+            and not _NEXT_ASSESSMENT_RE.match(text, headers[0].end)):
         # An unknown title alone on the note's first line ("CARDIOLOGY CONSULT NOTE:") is the
         # document's title: preamble.
         headers = headers[1:]

@@ -29,6 +29,7 @@ from functools import lru_cache
 
 from .lexicon import (
     ABBREVIATIONS,
+    BEFORE_NUMBER_ABBREVIATIONS,
     CONTINUATION_WORDS,
     FINAL_ABBREVIATIONS,
     LETTER_LABEL_WORDS,
@@ -49,8 +50,35 @@ _CLOSERS_STR = "\"'\u201d\u2019)]"
 _SCAN_RE = re.compile(
     r"[\r\n.!?](?:(?<=\r)\n?|(?<=\n)"
     r"|(?<=[.!?])[.!?]*[\"'\u201d\u2019)\]]*(?=\s|\Z)"
-    r"|(?<=[.!?]),(?=[A-Z0-9\[]))"
+    r"|(?<=[.!?]),(?=[A-Z0-9\[])"
+    r"|(?<=[a-z0-9%)][.!?])(?=[A-Z]))"  # no space after the punctuation: "pain.Denies", "better?Yes"
 )
+# Inline "N)" enumeration items: "Plan: 1) start lisinopril 2) recheck BMP" (not "(2)").
+_PAREN_RE = re.compile(r"\)[ \t]+(?=\S)")  # literal-led: fast; the digits are checked in Python
+_ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6, "vii": 7, "viii": 8, "ix": 9,
+          "x": 10, "xi": 11, "xii": 12}
+_ROMAN_BY_N = {n: r for r, n in _ROMAN.items()}
+# A time at the start of a sentence ("At 3 p.m. Dr. Chan was paged"): no boundary after it.
+_FRONTED_RE = re.compile(r"(?:at|on|by|around|about|approximately|approx\.|before|after|since|"
+                         r"until|from|between|shortly after|just before)\b", re.I)
+_INITIAL_NEXT_RE = re.compile(r"[A-Z]\.(?=[ \t]|[A-Z])")  # the next token is an initial too
+_INITIALS_RE = re.compile(r"(?:[A-Z]\.){1,3}[A-Z]")
+_NAME_WORD_RE = re.compile(r"[A-Z][a-z'\-]+\b")
+#: words after which "X." is a person's initial ("seen by J. K. Lee", "cc: A. Smith")
+_NAME_CONTEXT = frozenset("by with per cc dr drs mr mrs ms prof attending resident fellow "
+                          "physician surgeon nurse doctor".split())
+#: words that continue a sentence after a closing quote or bracket ('"..." he said')
+_CONTINUES = frozenset("""and or but nor which who whom whose that as he she they we
+said says stated states reported reports replied replies added adding asked asks explained noted
+according so because while when although though
+""".split())
+#: capitalised words that start sentences, not names ("per H.O. Pt is ...")
+_NOT_NAMES = frozenset("""Pt Patient The He She They We It Will Plan No Continue This There Family
+Wife Husband Daughter Son Then Also On At In Per See Please Denies Reports Remains Currently
+""".split())
+_WORD_AFTER_RE = re.compile(r"[a-z]+")
+_SIG_RE = re.compile(r"\bsig\s*:", re.I)
+_NOT_SIG_CONT_RE = re.compile(r"(?:disp|refills?|qty|quantity|dispense)\b", re.I)
 
 _BRACKET_RE = re.compile(r"\[\*\*[^\n\r]{0,300}?\*\*\]")
 _NONSPACE_RE = re.compile(r"\S")
@@ -69,18 +97,71 @@ def _is_list_context(text: str, tok_start: int) -> bool:
     return j < 0 or text[j] in "\r\n:;,.)"
 
 
-def _inline_item(text: str, tok_start: int, n: int) -> bool:
-    """``n.`` continues an inline enumeration ``1. X 2. Y`` begun earlier on the same line."""
+def _inline_item(text: str, tok_start: int, n: int, sep: str = ". ",
+                 roman: bool = False) -> bool:
+    """``n.`` continues an inline enumeration ``1. X 2. Y`` (``i. X ii. Y``, ``1) X 2) Y``)
+    begun earlier on the same line - unless it is a run-on list inside one sentence
+    (``risks: 1. bleeding, 2. infection``: a comma, "and" or "or" right before it)."""
     if n < 2:
         return False
     lo = max(0, tok_start - 300)  # bounded look-back keeps long notes linear
     ls = max(text.rfind("\n", lo, tok_start), text.rfind("\r", lo, tok_start), lo - 1) + 1
-    prev = f"{n - 1}. "
+    prev = (_ROMAN_BY_N.get(n - 1, "") if roman else str(n - 1)) + sep
     k = text.rfind(prev, ls, tok_start)
-    return k >= 0 and (k == 0 or not text[k - 1].isalnum() and text[k - 1] != ".")
+    if k < 0 or (k > 0 and (text[k - 1].isalnum() or text[k - 1] == ".")):
+        return False
+    j = tok_start - 1
+    while j >= ls and text[j] in " \t":
+        j -= 1
+    if j >= ls and text[j] == ",":
+        return False
+    w = text[max(ls, j - 3): j + 1].lower()
+    return not (w.endswith(" and") or w.endswith(" or") or w in ("and", "or"))
 
 
-def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int) -> int | None:
+def _at_line_start(text: str, tok_start: int) -> bool:
+    """Only spaces (or MTSamples' ".," line-break residue) between the line start and here."""
+    j = tok_start - 1
+    while j >= 0 and text[j] in " \t":
+        j -= 1
+    return j < 0 or text[j] in "\r\n" or (text[j] == "," and j > 0 and text[j - 1] == ".")
+
+
+def _prev_word(text: str, tok_start: int) -> str:
+    """The whitespace-delimited word before position ``tok_start`` on its line ("" if none)."""
+    j = tok_start - 1
+    while j >= 0 and text[j] in " \t":
+        j -= 1
+    k = j
+    while k >= 0 and not text[k].isspace():
+        k -= 1
+    return text[k + 1: j + 1]
+
+
+def _lowercase_style(text: str, pos: int) -> bool:
+    """The sentence starting at ``pos`` starts with a lower-case letter (all-lower-case notes)."""
+    for c in text[pos:pos + 6]:
+        if c.isalpha():
+            return c.islower()
+    return False
+
+
+def _name_after(text: str, cut: int) -> bool:
+    """A capitalised name-like word starts at ``cut`` (not "Pt", "The", "Will" ...)."""
+    m = _NAME_WORD_RE.match(text, cut)
+    return m is not None and m.group() not in _NOT_NAMES
+
+
+def _fronted_time(text: str, last_cut: int, tok_start: int) -> bool:
+    """The sentence so far is a short fronted time phrase: "At 3 p.m." / "On [**5-2**] at 7 a.m."."""
+    if last_cut < 0 or tok_start - last_cut > 60:
+        return False
+    return (_FRONTED_RE.match(text, last_cut) is not None
+            and len(text[last_cut:tok_start].split()) <= 6)
+
+
+def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int,
+                     last_cut: int = -1) -> int | None:
     """Cut position for a single ``.`` ending token ``tok`` (or None): the usual cut, or the
     token's own start for an inline enumeration item (``... 2. COPD`` cuts before ``2``)."""
     core = tok.lstrip(_LEADING_PUNCT)
@@ -89,6 +170,16 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int) ->
     low = core.lower()
     if low in NO_BREAK_ABBREVIATIONS:
         return None
+    if nxt.isdigit() and low in BEFORE_NUMBER_ABBREVIATIONS:
+        return None  # "Fig. 2", "vol. 3", "pg. 4", "p. 12"
+    if low in _ROMAN and core.islower():
+        # roman list markers "i." "ii." "iii." (not "iv."/"x." mid-line: intravenous, times)
+        if _is_list_context(text, tok_start) and (low in ("i", "ii", "iii") or _at_line_start(text, tok_start)):
+            return None
+        if _inline_item(text, tok_start, _ROMAN[low], roman=True):
+            return tok_start
+    if core.isupper() and 2 <= len(core) <= 4 and low in _ROMAN and _at_line_start(text, tok_start):
+        return None  # outline "II. Past history", MTSamples ".,III. Abrasion"
     if low in TITLE_ABBREVIATIONS:
         # "Dr. [**Name**]", "Mrs. Smith", "St. Louis", "dr. jones" - but not "450 ms. No",
         # "HR 100s ST. Lactate".
@@ -114,8 +205,14 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int) ->
         if core.isupper():
             # Middle initial "John A. Smith" unless a label word precedes ("vitamin D. He").
             j = tok_start - 1
-            while j >= 0 and text[j] == " ":
+            while j >= 0 and text[j] in " \t":
                 j -= 1
+            if j >= 0 and text[j] in "\r\n" and core == tok:
+                return None  # an outline heading at line start: "B. Diabetes mellitus type 2"
+            if _INITIAL_NEXT_RE.match(text, cut) or (
+                    _prev_word(text, tok_start).lower().strip(".,:;(") in _NAME_CONTEXT
+                    and _name_after(text, cut)):
+                return None  # "seen by J. K. Lee", "cc: A. Smith"
             k = j
             while k >= 0 and not text[k].isspace():
                 k -= 1
@@ -133,6 +230,14 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int) ->
         if _is_list_context(text, tok_start):
             return None  # "a. first item"
     dotted = "." in low and not any(c.isdigit() for c in low)
+    if dotted and nxt.isupper() and _INITIALS_RE.fullmatch(core) and low not in ABBREVIATIONS:
+        # "Dr. J.K. Lee", "by J.R. Smith": dotted initials before a name (not "M.D.", "R.N.")
+        pw = _prev_word(text, tok_start)
+        if (pw.lower().strip(".:;(") in _NAME_CONTEXT or (pw[:1].isupper() and pw[-1:] != ",")) \
+                and _name_after(text, cut):
+            return None
+    if nxt.isupper() and low in ("a.m", "p.m", "am", "pm") and _fronted_time(text, last_cut, tok_start):
+        return None  # "At 3 p.m. Dr. Chan was paged."
     if nxt.islower() and low in FINAL_ABBREVIATIONS:
         return cut  # "+bs. tolerating", "kcl po. pulses" in lowercase nursing prose
     if low in ABBREVIATIONS or dotted:
@@ -186,6 +291,12 @@ def _newline_splits(text: str, ls: int, pos: int, nl_end: int, cut: int) -> bool
     nxt = text[cut]
     if last in ",=&+/(":
         return False
+    if nxt == "(" and last not in ".!?:;" and text[cut + 1: cut + 2].isalpha():
+        # a parenthesis continues the line above: "1 tab PO TID" / "(three times a day) ..."
+        return False
+    if (last not in ".!?:;" and (nxt.isalnum() or nxt == "[") and "ig" in prev and _SIG_RE.search(prev)
+            and not _NOT_SIG_CONT_RE.match(text, cut)):
+        return False  # a prescription ("... Sig: One (1) Tablet PO Q12H") wraps onto its route
     if last == "-" and len(prev) > 1 and prev[-2].isalpha() and nxt.isalpha():
         return False
     if last == ".":
@@ -205,6 +316,11 @@ def _newline_splits(text: str, ls: int, pos: int, nl_end: int, cut: int) -> bool
     n = len(prev)
     if n >= WRAP_MIN and (nxt.islower() or (last.islower() and (nxt.isdigit() or nxt == "["))):
         return False
+    if nxt.islower() and last.isalnum() and n >= 16:
+        # narrow hard-wrapped narrative: lines cut near one short width
+        width = _narrow_wrap_width(text)
+        if width and len(text[ls:pos].rstrip()) >= width - NARROW_WRAP_SLACK:
+            return False
     if n >= WRAP_CAPS_MIN and _CAPS_WORD_RE.match(text, cut):
         return False
     if n >= WRAP_CAPS_MIN and nxt.isupper() and _TITLE_WORD_RE.match(text, cut):
@@ -218,6 +334,24 @@ def _newline_splits(text: str, ls: int, pos: int, nl_end: int, cut: int) -> bool
 
 
 WRAP_WIDTH_SLACK = 12  # a line within this many characters of the wrap width was wrapped
+NARROW_WRAP_SLACK = 10
+
+
+@lru_cache(maxsize=8)
+def _narrow_wrap_width(text: str) -> int:
+    """The width of a note hard-wrapped at a short width (20-60 characters), or 0.
+
+    Most lines of 12+ characters end within a few characters of one width; notes typed with
+    free line lengths (nursing entries, lists) do not cluster like that.
+    """
+    lens = sorted(n for n in map(len, (ln.rstrip() for ln in text.splitlines())) if n >= 12)
+    if len(lens) < 6:
+        return 0
+    width = lens[int(0.9 * (len(lens) - 1))]
+    if not 20 <= width <= 60:
+        return 0
+    near = sum(1 for n in lens if width - NARROW_WRAP_SLACK <= n <= width + 3)
+    return width if near >= 0.6 * len(lens) else 0
 
 
 @lru_cache(maxsize=8)
@@ -273,6 +407,11 @@ def sentence_cuts(text: str, start: int = 0, end: int | None = None) -> list[int
             if _pc_decision(text, s0, text[mend]):
                 cuts.append(mend)
             continue
+        if mend < end and not text[mend].isspace():
+            # no space after the punctuation ("pain.Denies"): the regex saw a capital next
+            if _glued_decision(text, s0, mend, start):
+                cuts.append(mend)
+            continue
         nm = nonspace(text, mend, end)
         if nm is None:
             break
@@ -293,11 +432,17 @@ def sentence_cuts(text: str, start: int = 0, end: int | None = None) -> list[int
             ts += k + 2
             tok = tok[k + 2:]
         nxt = text[cut]
+        if closed and nxt.islower():
+            # '"... no more pain." he reported': a closing quote or bracket, then lower case -
+            # unless the note writes its sentences in lower case ("... (resolved.) iv heparin")
+            w = _WORD_AFTER_RE.match(text, cut)
+            if (w is not None and w.group() in _CONTINUES) or not _lowercase_style(text, cuts[-1]):
+                continue
         if p == ".":
             if closed and ")" in g and tok[:1] == "(" and (
                     "." in tok or tok[1:].lower() in ABBREVIATIONS):
                 continue  # "(E.C.) Sig:", "(approx.) 3" - an abbreviation closing a parenthesis
-            c = _period_decision(text, tok, ts, nxt, cut)
+            c = _period_decision(text, tok, ts, nxt, cut, cuts[-1])
             if c is not None:
                 cuts.append(c)
             continue
@@ -306,7 +451,45 @@ def sentence_cuts(text: str, start: int = 0, end: int | None = None) -> list[int
             continue
         if nxt.isupper() or nxt.isdigit() or nxt in "[(\"'#-\u201c":
             cuts.append(cut)
+    if "2)" in text:  # an inline "N)" item continues "1) ... 2) ..." (n >= 2)
+        for m in _PAREN_RE.finditer(text, start, end):
+            p = m.start()
+            if not text[p - 1: p].isdigit():
+                continue
+            q = p - 1
+            if text[q - 1: q].isdigit():
+                q -= 1
+            if q > 0 and (text[q - 1].isalnum() or text[q - 1] in "(._"):
+                continue
+            n = int(text[q:p])
+            if n >= 2 and _inline_item(text, q, n, ") ") and not (
+                    brackets and _inside(brackets, b_starts, q)):
+                cuts.append(q)
     return cuts
+
+
+def _glued_decision(text: str, s0: int, mend: int, start: int) -> bool:
+    """``word.Next`` / ``word?Next`` with no space: a boundary unless the token before is an
+    abbreviation or has dots itself (``p.o.Lasix``, ``Dr.Smith``, ``www.Site``) or the next
+    token is an initial or dotted (``Ph.D.``)."""
+    j = s0
+    lo = max(start, s0 - _TAIL)
+    while j > lo and not text[j - 1].isspace() and text[j - 1] not in "([{\"'":
+        j -= 1
+    tok = text[j:s0]
+    if len(tok) < 2 or any(c in tok for c in ".@/:_\\=") or not tok[-1].isalnum() and tok[-1] not in "%)":
+        return False
+    low = tok.lower()
+    if (low in ABBREVIATIONS or low in NO_BREAK_ABBREVIATIONS or low in TITLE_ABBREVIATIONS
+            or sum(c.isalpha() for c in tok) < 1):
+        return False
+    k = mend
+    stop = min(len(text), mend + 40)
+    while k < stop and (text[k].isalnum() or text[k] in "'-"):
+        k += 1
+    if k < len(text) and text[k] == "." and (k - mend <= 2 or k + 1 < len(text) and text[k + 1].isalnum()):
+        return False  # "Ph.D.", "Fig.A.1", "site.Com.au"
+    return True
 
 
 def _inside(brackets: list[tuple[int, int]], b_starts: list[int], pos: int) -> bool:
