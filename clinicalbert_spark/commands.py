@@ -16,7 +16,7 @@ from .models import preflight, preflight_head
 from .pipeline import embed_settings, segment_settings
 from .spark.text import as_sentences, attach_text
 
-from .state import fingerprint, new_run_id, sanitise_run_id, write_table
+from .state import SimulatedCrash, fingerprint, new_run_id, sanitise_run_id, write_table
 from .spark.session import get_spark
 
 log = logging.getLogger("clinicalbert_spark.jobs")
@@ -152,7 +152,14 @@ def pipeline_job(cfg: PipelineConfig) -> int:
     if "predict" in stages or cfg.predict.enabled:
         preflight_head(*cfg.predict_model(), cfg.encode.allow_pickle, cfg.predict.task)
     p = Pipeline(cfg)
-    c = p.run()
+    try:
+        c = p.run()
+    except SimulatedCrash:
+        raise
+    except BaseException:
+        _run_report(p, getattr(p, "summary_row", None))  # a failed run has a report too
+        raise
+    report = _run_report(p, c)
     print_summary(f"run {c['run_id']} {c['status']}", {
         "input records": c["input_records"], "notes usable": c["notes"],
         "notes segmented (new or changed)": c["notes_segmented"],
@@ -167,6 +174,20 @@ def pipeline_job(cfg: PipelineConfig) -> int:
         else f"{c['padding_efficiency']:.3f}",
         "tokens/s": "-" if c["tokens_per_s"] is None else f"{c['tokens_per_s']:.0f}",
         "OOM retries": c["oom_retries"], "seconds": f"{c['seconds_total']:.1f}",
-        "tables": p.root,
+        "tables": p.root, "run report": report or "-",
     })
     return 0
+
+
+def _run_report(p, row: dict | None) -> str | None:
+    """``<root>/reports/<run_id>/report.html``; a report that cannot be drawn never fails
+    the run it describes."""
+    if row is None:
+        return None
+    from .report import write_run_report
+
+    try:
+        return str(write_run_report(p.spark, p.root, p.store.fmt, p.run_id, row))
+    except Exception as e:  # noqa: BLE001 - the tables are written; the page is a bonus
+        log.warning("run report not written (%s)", type(e).__name__)
+        return None

@@ -81,14 +81,24 @@ def test_run_pipeline_over_connect(connect_url, tmp_path, tiny_bert, demo_csv):
     from clinicalbert_spark.encode import EncoderConfig, SentenceEncoder, load_model
     from clinicalbert_spark.segment import get_segmenter
 
+    import csv
+
+    with open(demo_csv, newline="", encoding="utf-8") as f:
+        records = list(csv.reader(f))
+    subset = tmp_path / "notes.csv"  # 12 notes keep the test short
+    with open(subset, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(records[:13])
     # A relative output root: the server's working directory is not the client's.
-    args = [str(ROOT / "jobs" / "run_pipeline.py"), "--input", str(demo_csv),
+    args = [str(ROOT / "jobs" / "run_pipeline.py"), "--input", str(subset),
             "--output-root", "out", "--model", tiny_bert, "--encode.precision", "fp32",
             "--run-id", "c1"]
     res = _client(args, connect_url, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "run c1 succeeded" in res.stdout
     root = tmp_path / "out"
+    report = root / "reports" / "c1" / "report.html"  # the job writes its run report
+    assert report.is_file() and str(report) in res.stdout
+    assert '<section id="lengths"' in report.read_text(encoding="utf-8")
     con = duckdb.connect()
 
     def table(name):
@@ -96,12 +106,12 @@ def test_run_pipeline_over_connect(connect_url, tmp_path, tiny_bert, demo_csv):
                            "hive_partitioning=true)").df()
 
     sentences = table("sentences")
-    notes = read_csv_notes(demo_csv)
+    notes = read_csv_notes(subset)
     seg = get_segmenter("rules")
     expected = {(nid, s.sentence_index, s.start, s.end)
                 for nid in sentences.note_id.unique() for s in seg.segment(notes[nid])}
     got = set(zip(sentences.note_id, sentences.sentence_index, sentences.start, sentences.end))
-    assert got == expected and len(got) == len(sentences) > 100
+    assert got == expected and len(got) == len(sentences) > 50
     for r in sentences.head(50).itertuples():
         assert r.text == notes[r.note_id][r.start:r.end]
 
