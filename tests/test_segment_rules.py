@@ -533,3 +533,10 @@ def test_fast_sentence_constructor_equals_the_dataclass():
     assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
     with pytest.raises(Exception):
         a.start = 5  # still frozen
+
+
+def test_title_dash_text_headers():
+    text = ("NPN 7-3\nNEURO- ALERT AND ORIENTED\nRESP-LS CLEAR. SATS 98%\nGI - abd soft\n"
+            "Follow-up with Dr. X\nChest-clear\nPlan - home tomorrow\nNon-tender abdomen")
+    assert [c for _, c in cats(text)] == ["preamble", "neuro", "respiratory", "gastrointestinal",
+                                          "plan"]

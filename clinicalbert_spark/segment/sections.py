@@ -60,8 +60,14 @@ _COMMA_AFTER_RE = re.compile(r"[ \t]*:[ \t]*,")
 _ALONE_TITLE = r"[ \t]*(?P<title>[A-Za-z](?:[A-Za-z \t/&()',\-]|" + _BRACKET + r"){0,58}[A-Za-z)\]])"
 # "(?m)^" is much faster than a look-behind at every position; notes with bare-CR line ends
 # (old Mac) use the slower form. A trailing comma is kept for letter closings ("Yours sincerely,").
-_ALONE_RE = re.compile(r"(?m)^" + _ALONE_TITLE + r"[ \t]*(?P<comma>,)?[ \t]*\r?$")
-_ALONE_CR_RE = re.compile(_LS + _ALONE_TITLE + r"[ \t]*(?P<comma>,)?[ \t]*(?=[\r\n]|\Z)")
+# One scan of the line starts finds both lines alone and "TITLE - text" headers (MIMIC-II nursing
+# "RESP- LS CLEAR", "GI-ABD SOFT", "Plan - home"): the title, then a dash and text.
+_DASH = r"|[ \t]*(?P<dash>--?|\u2013|\u2014)[ \t]*(?=[A-Za-z(\[])"
+_ALONE_RE = re.compile(r"(?m)^" + _ALONE_TITLE + r"(?:[ \t]*(?P<comma>,)?[ \t]*\r?$" + _DASH + ")")
+_DASH_TITLE_RE = re.compile(r"(?P<title>[A-Za-z][A-Za-z /&]{0,30}?)[ \t]*(?:--?|\u2013|\u2014)"
+                            r"[ \t]*(?=[A-Za-z(\[])")
+_ALONE_CR_RE = re.compile(_LS + _ALONE_TITLE + r"(?:[ \t]*(?P<comma>,)?[ \t]*(?=[\r\n]|\Z)"
+                          + _DASH + ")")
 # Metavision headers followed by a timestamp rather than a colon; signature lines without a colon.
 _PREFIX_RE = re.compile(_LS + r"[ \t]*(?P<title>Flowsheet Data as of)\b", re.I)
 _SIGNED_RE = re.compile(
@@ -302,6 +308,15 @@ def find_headers(text: str) -> list[Header]:
                     cands.append((m.start("title"), pos + 1, "inline", m.group("title"), pos + 1))
     alone_re = _ALONE_CR_RE if text.count("\r") > text.count("\n") else _ALONE_RE
     for m in alone_re.finditer(text):
+        if m.group("dash"):
+            cands.append((m.start("title"), m.end(), "dash", m.group("title"), m.end()))
+            continue
+        if "-" in m.group("title"):
+            # a whole line of title characters can still be "NEURO- ALERT AND ORIENTED"
+            d = _DASH_TITLE_RE.match(text, m.start("title"))
+            if d is not None and _title_info(d.group("title")).category is not None:
+                cands.append((d.start("title"), d.end(), "dash", d.group("title"), d.end()))
+                continue
         kind = "alone," if m.group("comma") else "alone"
         cands.append((m.start("title"), m.end("title"), kind, m.group("title"), m.end()))
     if "\nO. " in text or "\nA. " in text:
@@ -327,6 +342,16 @@ def find_headers(text: str) -> list[Header]:
         if kind == "prefix":
             cat: str | None = "vital_signs"
             rest = ""
+            alone = False
+        elif kind == "dash":
+            # a lexicon title only; lower/mixed case needs a space at the dash ("Plan - home",
+            # not "Follow-up" or "Chest-clear")
+            info = _title_info(title)
+            cat = None if info.field else info.category
+            sep = text[start + len(title): end]
+            if cat is None or len(title) > 30 or not (info.caps or " " in sep or "\t" in sep):
+                continue
+            rest = _LINE_END_RE.match(text, end).group().strip()
             alone = False
         elif kind == "soap":
             cat = _SOAP_CATEGORY[title]
@@ -452,6 +477,9 @@ pursue reassess recommend review seek treat use appreciate agree await please ca
 reviewed discussed given placed ordered obtained sent recommended started stopped held scheduled
 arranged counseled counselled educated instructed explained reassured advised notified called
 informed updated completed performed done patient pt we i he she they this no not if per likely
+attempt attempted try needs need requires required awaiting await ambulate ambulated turn turned
+reposition medicate medicated offer offered assist assisted provide provided answered support
+supported reassure encouraged monitoring continuing titrating weaning cont'd d/c'd dc'd
 """.split())
 _TERMINAL = ".;,?!"
 
@@ -479,8 +507,8 @@ def _problem_title(rest: str) -> tuple[str, int] | None:
     if not 1 <= len(words) <= 12:
         return None
     first = words[0].lower().strip("(,")
-    if first in _ACTION_WORDS or any(w.lower().strip(",;") in _ACTION_WORDS for w in words[1:4]
-                                     if w.lower().endswith("ed") or w.lower() == "given"):
+    if first in _ACTION_WORDS or any(w.lower().strip(",;") in _ACTION_WORDS for w in words[1:]
+                                     if w[-2:].lower() in ("ed", "en", "ng", "'d")):
         return None
     return title.strip(), n
 
@@ -519,7 +547,7 @@ def _problem_headers(text: str, body: int, end: int) -> list[tuple[int, int, str
         elif prev_blank:
             r = rest.rstrip()
             nxt = text.find("\n", m.end(), end)
-            if (r and r[0].isupper() and r[-1] not in _TERMINAL + ":" and len(r.split()) <= 8
+            if (r and r[0].isupper() and r[-1] not in _TERMINAL + ":" and len(r.split()) <= 6
                     and nxt >= 0 and text[nxt + 1:nxt + 2].strip()):
                 got = _problem_title(r)
         prev_blank = False
@@ -538,6 +566,23 @@ _SUB_END_RE = re.compile(
     r"otherwise (?:negative|normal|unremarkable)\b|other systems\b)")
 
 
+_DOC_WORDS = frozenset("note report summary consultation consult evaluation letter record "
+                       "h&p assessment".split())
+
+
+def _is_document_title(text: str, h: Header) -> bool:
+    """The note's first line, alone, names the document: an unknown title
+    ("CARDIOLOGY CONSULT NOTE:") or a known one that ends in a document word ("OPERATIVE NOTE",
+    "DISCHARGE SUMMARY") - not a container or a report status ("FINAL REPORT")."""
+    if not h.alone or _NEXT_ASSESSMENT_RE.match(text, h.end):
+        return False
+    if h.category == UNKNOWN_CATEGORY:
+        return True
+    words = _title_info(h.title).key.split()
+    return (h.category is not None and h.category not in CONTAINER_FAMILY
+            and h.category != "final_report" and len(words) >= 2 and words[-1] in _DOC_WORDS)
+
+
 def build_tree(text: str, headers: list[Header]) -> tuple[list[Section], list[Section]]:
     """Top-level sections (a preamble for text before the first header, then one per
     top-level header; they tile the note) and sub-sections (inside container sections).
@@ -553,11 +598,7 @@ def build_tree(text: str, headers: list[Header]) -> tuple[list[Section], list[Se
     subs: list[tuple[int, Header, str, int]] = []  # (start, header, sub category, top position)
     top_h: Header | None = None
     top_cat: str | None = None
-    if (headers and headers[0].start == first.start() and headers[0].alone
-            and headers[0].category == UNKNOWN_CATEGORY
-            and not _NEXT_ASSESSMENT_RE.match(text, headers[0].end)):
-        # An unknown title alone on the note's first line ("CARDIOLOGY CONSULT NOTE:") is the
-        # document's title: preamble.
+    if headers and headers[0].start == first.start() and _is_document_title(text, headers[0]):
         headers = headers[1:]
     for h in headers:
         cat = h.category
