@@ -375,10 +375,12 @@ def find_headers(text: str) -> list[Header]:
             alone = not rest
         if cat is None:
             continue
-        ls = start
-        while ls > 0 and text[ls - 1] in " \t":
-            ls -= 1
-        blank = ls == 0 or bool(_BLANK_BEFORE_RE.search(text, max(0, ls - 40), ls))
+        blank = False
+        if cat == UNKNOWN_CATEGORY:  # only unknown headers need it (see _child)
+            ls = start
+            while ls > 0 and text[ls - 1] in " \t":
+                ls -= 1
+            blank = ls == 0 or bool(_BLANK_BEFORE_RE.search(text, max(0, ls - 40), ls))
         headers.append(Header(start, end, title, None if cat == SUB else cat, alone,
                               _title_info(title).caps, blank))
         last_end = end

@@ -61,6 +61,7 @@ _ROMAN_BY_N = {n: r for r, n in _ROMAN.items()}
 # A time at the start of a sentence ("At 3 p.m. Dr. Chan was paged"): no boundary after it.
 _FRONTED_RE = re.compile(r"(?:at|on|by|around|about|approximately|approx\.|before|after|since|"
                          r"until|from|between|shortly after|just before)\b", re.I)
+_TIMES = frozenset(("a.m", "p.m", "am", "pm"))
 _INITIAL_NEXT_RE = re.compile(r"[A-Z]\.(?=[ \t]|[A-Z])")  # the next token is an initial too
 _INITIALS_RE = re.compile(r"(?:[A-Z]\.){1,3}[A-Z]")
 _NAME_WORD_RE = re.compile(r"[A-Z][a-z'\-]+\b")
@@ -172,14 +173,16 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int,
         return None
     if nxt.isdigit() and low in BEFORE_NUMBER_ABBREVIATIONS:
         return None  # "Fig. 2", "vol. 3", "pg. 4", "p. 12"
-    if low in _ROMAN and core.islower():
-        # roman list markers "i." "ii." "iii." (not "iv."/"x." mid-line: intravenous, times)
-        if _is_list_context(text, tok_start) and (low in ("i", "ii", "iii") or _at_line_start(text, tok_start)):
-            return None
-        if _inline_item(text, tok_start, _ROMAN[low], roman=True):
-            return tok_start
-    if core.isupper() and 2 <= len(core) <= 4 and low in _ROMAN and _at_line_start(text, tok_start):
-        return None  # outline "II. Past history", MTSamples ".,III. Abrasion"
+    if low in _ROMAN:
+        if core.islower():
+            # roman list markers "i." "ii." "iii." (not "iv."/"x." mid-line: intravenous, times)
+            if _is_list_context(text, tok_start) and (
+                    low in ("i", "ii", "iii") or _at_line_start(text, tok_start)):
+                return None
+            if _inline_item(text, tok_start, _ROMAN[low], roman=True):
+                return tok_start
+        elif len(core) >= 2 and core.isupper() and _at_line_start(text, tok_start):
+            return None  # outline "II. Past history", MTSamples ".,III. Abrasion"
     if low in TITLE_ABBREVIATIONS:
         # "Dr. [**Name**]", "Mrs. Smith", "St. Louis", "dr. jones" - but not "450 ms. No",
         # "HR 100s ST. Lactate".
@@ -230,14 +233,6 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int,
         if _is_list_context(text, tok_start):
             return None  # "a. first item"
     dotted = "." in low and not any(c.isdigit() for c in low)
-    if dotted and nxt.isupper() and _INITIALS_RE.fullmatch(core) and low not in ABBREVIATIONS:
-        # "Dr. J.K. Lee", "by J.R. Smith": dotted initials before a name (not "M.D.", "R.N.")
-        pw = _prev_word(text, tok_start)
-        if (pw.lower().strip(".:;(") in _NAME_CONTEXT or (pw[:1].isupper() and pw[-1:] != ",")) \
-                and _name_after(text, cut):
-            return None
-    if nxt.isupper() and low in ("a.m", "p.m", "am", "pm") and _fronted_time(text, last_cut, tok_start):
-        return None  # "At 3 p.m. Dr. Chan was paged."
     if nxt.islower() and low in FINAL_ABBREVIATIONS:
         return cut  # "+bs. tolerating", "kcl po. pulses" in lowercase nursing prose
     if low in ABBREVIATIONS or dotted:
@@ -248,6 +243,14 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int,
             after = text[cut + 1: cut + 2]
             if nxt not in "AI" and (not after or not after.isalpha()) and after != ".":
                 return None
+            if low in _TIMES and _fronted_time(text, last_cut, tok_start):
+                return None  # "At 3 p.m. Dr. Chan was paged."
+            if dotted and low not in ABBREVIATIONS and _INITIALS_RE.fullmatch(core):
+                # "Dr. J.K. Lee", "by J.R. Smith": dotted initials before a name (not "M.D.")
+                pw = _prev_word(text, tok_start)
+                if (pw.lower().strip(".:;(") in _NAME_CONTEXT or (
+                        pw[:1].isupper() and pw[-1:] != ",")) and _name_after(text, cut):
+                    return None
             return cut
         if nxt.isdigit():
             m = _LIST_ITEM_RE.match(text, cut)
@@ -502,14 +505,21 @@ def spans(text: str, cuts: list[int], end: int | None = None) -> list[tuple[int,
     if end is None:
         end = len(text)
     cuts = sorted(set(cuts))
+    cuts.append(end)
     out: list[tuple[int, int]] = []
-    n = len(cuts)
-    for i, a in enumerate(cuts):
-        b = cuts[i + 1] if i + 1 < n else end
+    append = out.append
+    for i in range(len(cuts) - 1):
+        a = cuts[i]
+        b = cuts[i + 1]
+        if a >= b:
+            continue
+        if not text[a].isspace():  # cuts are at non-space characters (the usual case)
+            append((a, a + len(text[a:b].rstrip())))
+            continue
         seg = text[a:b]
         stripped = seg.strip()
         if not stripped:
             continue
         lead = len(seg) - len(seg.lstrip())
-        out.append((a + lead, a + lead + len(stripped)))
+        append((a + lead, a + lead + len(stripped)))
     return out
