@@ -87,7 +87,8 @@ def body(a: argparse.Namespace) -> int:
                          "pass --notes PATH so the text is re-read from the notes")
     keep, drop = csv_list(a.keep_sections), csv_list(a.drop_sections)
     sentences = select_sections(sentences, keep, drop)
-    inst = make_instances(sentences, model_path, settings, a.tag_sections, buckets, a.partitions)
+    inst = make_instances(sentences, model_path, settings, a.tag_sections, buckets, a.partitions,
+                          vocab)
     inst.write.mode("overwrite").parquet(out)
     secs = time.perf_counter() - t0
     stats = instance_stats(spark.read.parquet(out), vocab.mask_id)

@@ -12,7 +12,8 @@ from conftest import SHARED_CORPORA
 
 from clinicalbert_spark.pretrain.documents import (instances_frame, load_tokenizer,
                                                    tokenizer_fingerprint)
-from clinicalbert_spark.pretrain.instances import InstanceSettings, Segment, instances_for_note, mask_kinds
+from clinicalbert_spark.pretrain.instances import (InstanceSettings, Segment, instances_for_note,
+                                                   mask_kinds)
 
 MTSAMPLES = SHARED_CORPORA / "mtsamples.csv"
 
@@ -103,6 +104,16 @@ def test_next_sentence_pairs(mts_sentences, tiny_bert):
         b = types.index(1)
         assert ids[b - 1] == v.sep_id and types[b:] == [1] * (len(ids) - b)
         assert rec["sections"]
+
+
+def test_worker_encoder_matches_the_hf_tokenizer(mts_sentences, tiny_bert):
+    from clinicalbert_spark.pretrain.documents import encoder
+    from clinicalbert_spark.testing import minilm_path
+
+    texts = mts_sentences["text"].tolist()[:300] + ["", "Pt's BP 120/80 [**Name**] 5mg"]
+    for path in filter(None, [tiny_bert, minilm_path() and str(minilm_path())]):
+        tok = load_tokenizer(path)[0]
+        assert encoder(path)(texts) == tok(texts, add_special_tokens=False)["input_ids"]
 
 
 def test_instances_depend_on_seed_note_and_copy_only(tiny_bert):

@@ -33,6 +33,39 @@ def load_tokenizer(path: str):
     return hit
 
 
+_ENCODERS: dict[str, object] = {}
+
+
+def encoder(path: str):
+    """texts -> WordPiece ids without special tokens, once per process.
+
+    ``tokenizer.json`` is read with the ``tokenizers`` library alone (importing transformers
+    costs seconds in every Python worker); a folder without one falls back to transformers.
+    """
+    enc = _ENCODERS.get(path)
+    if enc is None:
+        from pathlib import Path
+
+        file = Path(path) / "tokenizer.json"
+        if file.is_file():
+            from tokenizers import Tokenizer
+
+            t = Tokenizer.from_file(str(file))
+            t.no_truncation()
+            t.no_padding()
+
+            def enc(texts):
+                return [e.ids for e in t.encode_batch(texts, add_special_tokens=False)]
+        else:
+            tok = load_tokenizer(path)[0]
+
+            def enc(texts):
+                return tok(texts, add_special_tokens=False, return_attention_mask=False,
+                           return_token_type_ids=False)["input_ids"]
+        _ENCODERS[path] = enc
+    return enc
+
+
 def tokenizer_fingerprint(tok) -> str:
     """A hash of everything that decides the ids: vocabulary, normaliser, pre-tokeniser."""
     backend = getattr(tok, "backend_tokenizer", None)
@@ -43,13 +76,13 @@ def tokenizer_fingerprint(tok) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def documents(pdf, tok) -> tuple[list[str], list[list[Segment]]]:
+def documents(pdf, encode) -> tuple[list[str], list[list[Segment]]]:
     """Group a frame of sentences (note_id, sentence_index, text, section_category) into
-    documents sorted by note id, sentences by index; every sentence tokenized once."""
+    documents sorted by note id, sentences by index; every sentence tokenized once
+    (``encode``: texts -> id lists, see :func:`encoder`)."""
     pdf = pdf.sort_values(["note_id", "sentence_index"], kind="mergesort")
     texts = [t if isinstance(t, str) else "" for t in pdf["text"].tolist()]
-    ids = tok(texts, add_special_tokens=False, return_attention_mask=False,
-              return_token_type_ids=False)["input_ids"] if texts else []
+    ids = encode(texts) if texts else []
     sections = (pdf["section_category"].tolist() if "section_category" in pdf.columns
                 else [None] * len(texts))
     note_ids: list[str] = []
@@ -73,17 +106,22 @@ def instance_rows(note_ids: list[str], docs: list[list[Segment]], s: InstanceSet
                 yield inst
 
 
+_RANDOM_IDS: dict[Vocab, list[int]] = {}
+
+
 def instances_frame(pdf, tokenizer_path: str, s: InstanceSettings,
-                    tag_sections: bool = False, tokenizer: Optional[object] = None):
-    """The instance rows of the notes in ``pdf`` as a pandas frame (:data:`OUTPUT_COLUMNS`)."""
+                    tag_sections: bool = False, vocab: Optional[Vocab] = None):
+    """The instance rows of the notes in ``pdf`` as a pandas frame (:data:`OUTPUT_COLUMNS`).
+
+    ``vocab`` (from :func:`load_tokenizer` on the driver) spares a worker importing
+    transformers."""
     import pandas as pd
 
-    if tokenizer is None:
-        tok, v, rnd = load_tokenizer(tokenizer_path)
-    else:
-        tok, v = tokenizer, Vocab.from_tokenizer(tokenizer)
-        rnd = v.random_ids
-    note_ids, docs = documents(pdf, tok)
+    v = vocab if vocab is not None else load_tokenizer(tokenizer_path)[1]
+    rnd = _RANDOM_IDS.get(v)
+    if rnd is None:
+        rnd = _RANDOM_IDS[v] = v.random_ids
+    note_ids, docs = documents(pdf, encoder(tokenizer_path))
     rows = list(instance_rows(note_ids, docs, s, v, rnd))
     out = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
     if not tag_sections:

@@ -53,11 +53,17 @@ def select_sections(sentences: DataFrame, keep: Optional[Sequence[str]] = None,
 
 def make_instances(sentences: DataFrame, tokenizer_path: str, settings: InstanceSettings,
                    tag_sections: bool = False, buckets: int = DEFAULT_BUCKETS,
-                   partitions: Optional[int] = None) -> DataFrame:
+                   partitions: Optional[int] = None, vocab=None) -> DataFrame:
     """Instances (:data:`INSTANCES`) of a frame in the shape of ``as_sentences``' output.
 
-    ``tokenizer_path`` is a local folder every executor can read (the driver's preflight).
+    ``tokenizer_path`` is a local folder every executor can read (the driver's preflight);
+    ``vocab`` (:class:`~clinicalbert_spark.pretrain.instances.Vocab`, read on the driver) is
+    shipped to the workers so that they need only the ``tokenizers`` library.
     """
+    if vocab is None:
+        from .documents import load_tokenizer
+
+        vocab = load_tokenizer(tokenizer_path)[1]
     df = (sentences.where(F.col("text").isNotNull())
           .select("note_id", "sentence_index", "text", "section_category")
           .withColumn("_bucket", F.pmod(F.xxhash64("note_id"), F.lit(int(buckets)))))
@@ -66,7 +72,7 @@ def make_instances(sentences: DataFrame, tokenizer_path: str, settings: Instance
 
     def build(pdf):
         return instances_frame(pdf.drop(columns=["_bucket"]), tokenizer_path, settings,
-                               tag_sections)
+                               tag_sections, vocab)
 
     return df.groupBy("_bucket").applyInPandas(build, INSTANCES)
 
