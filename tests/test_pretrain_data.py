@@ -3,7 +3,6 @@ determinism across partitionings, the manifest, one-line errors."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
