@@ -422,6 +422,34 @@ def read_input_table(spark: SparkSession, path: str, fmt: str) -> DataFrame:
     return df
 
 
+def _reject_duplicates(df: DataFrame, rescan: bool) -> DataFrame:
+    """``duplicate_id`` for every valid record of an id but its first (by ``source_row``).
+
+    ``rescan`` (columnar inputs): found on (id, arrival) pairs from a second read; the ids
+    that repeat are few, and joining them back by broadcast never moves the note text. A CSV
+    is parsed in Python, so reading it twice costs more than one window over the notes.
+    """
+    valid = F.col("reject_reason").isNull()
+    if rescan:
+        repeated = (df.where(valid).groupBy("note_id")
+                    .agg(F.min("source_row").alias("_kept"), F.count("*").alias("_n"))
+                    .where(F.col("_n") > 1).select("note_id", "_kept"))
+        df = df.join(F.broadcast(repeated), "note_id", "left")
+    else:
+        from pyspark.sql.window import Window
+
+        df = df.withColumn("_kept", F.min(F.when(valid, F.col("source_row"))).over(
+            Window.partitionBy("note_id")))
+    dup = valid & F.col("_kept").isNotNull() & (F.col("source_row") != F.col("_kept"))
+    return df.withColumn(
+        "reject_detail",
+        F.when(dup, F.concat(F.lit("kept source_row "), F.col("_kept").cast("string")))
+        .otherwise(F.col("reject_detail")),
+    ).withColumn(
+        "reject_reason", F.when(dup, F.lit("duplicate_id")).otherwise(F.col("reject_reason")),
+    ).drop("_kept")
+
+
 def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
     """Read a note corpus and split it into usable notes and rejects (nothing is dropped).
 
@@ -528,23 +556,7 @@ def _split_notes(df: DataFrame, names: list[str], types: list[T.DataType],
         .alias("reject_detail"),
     )
     # Of several records with one id, the first in arrival order is used and the rest rejected.
-    from pyspark.sql.window import Window
-
-    w = Window.partitionBy("note_id")
-    valid = F.col("reject_reason").isNull()
-    ranked = df.withColumn("_dup_rank", F.when(valid, F.row_number().over(
-        Window.partitionBy("note_id", F.col("reject_reason").isNull()).orderBy("source_row"))))
-    ranked = ranked.withColumn(
-        "reject_reason",
-        F.when(valid & (F.col("_dup_rank") > 1), F.lit("duplicate_id")).otherwise(
-            F.col("reject_reason")),
-    ).withColumn(
-        "reject_detail",
-        F.when(F.col("reject_reason") == "duplicate_id",
-               F.concat(F.lit("kept source_row "), F.min(F.when(
-                   F.col("_dup_rank").isNotNull(), F.col("source_row"))).over(w).cast("string")))
-        .otherwise(F.col("reject_detail")),
-    ).drop("_dup_rank")
+    ranked = _reject_duplicates(df, rescan=fmt != "csv")
 
     notes = ranked.where(F.col("reject_reason").isNull()).select(
         "note_id", "subject_id", "hadm_id", "category", "text",

@@ -45,12 +45,6 @@ SENTENCES = T.StructType([
     _f("note_hash", S, False), _f("fingerprint", S),
 ])
 
-# What the segmentation UDF emits: sentences plus an error column for notes that failed.
-SEGMENT_UDF_OUTPUT = T.StructType(
-    [T.StructField(f.name, f.dataType, True) for f in SENTENCES.fields if f.name != "fingerprint"]
-    + [_f("error", S), _f("source_row", L)]
-)
-
 EMBEDDINGS = T.StructType([
     _f("note_id", S, False), _f("sentence_index", I, False), _f("start", I, False),
     _f("end", I, False), _f("section_category", S), _f("model", S, False),

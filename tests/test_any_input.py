@@ -86,3 +86,19 @@ def test_api_missing_column_names_the_columns(spark, tiny_bert):
         api.embed(df, key_cols=["doc"], model=tiny_bert)
     with pytest.raises(InputError, match=r"lacks column\(s\) \['note_id'\].*'doc', 'body'"):
         api.segment_notes(df, text_col="body")
+
+
+def test_api_duplicate_ids_keep_the_first_record(spark):
+    """A DataFrame (and Parquet) input finds repeated ids without a window over the text:
+    the first record of an id is segmented, the later ones are rejects naming it."""
+    df = spark.createDataFrame([("a", "First note."), ("b", "Other note."),
+                                ("a", "Second record of a."), ("c", " "), ("c", "Valid c.")],
+                               ["note_id", "text"]).coalesce(1)
+    sentences, rejects = api.segment_notes(df, return_rejects=True)
+    got = {r.note_id: r.text for r in sentences.collect()}
+    assert got == {"a": "First note.", "b": "Other note.", "c": "Valid c."}
+    rej = sorted((r.note_id, r.reason) for r in rejects.collect())
+    assert rej == [("a", "duplicate_id"), ("c", "empty_text")]
+    detail = rejects.where("reason = 'duplicate_id'").first().detail
+    # The kept record's arrival number is named, never its text.
+    assert detail.startswith("kept source_row ") and "note" not in detail

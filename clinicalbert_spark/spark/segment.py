@@ -1,17 +1,44 @@
-"""Notes -> sentences inside ``mapInPandas`` (Arrow batches on the executors)."""
+"""Notes -> sentences: the segmenter runs in a scalar pandas UDF, one row per note.
+
+Only the note text (and id) crosses to Python, and only sentence offsets and section labels
+come back, as arrays per note: the note's other columns stay in the JVM, and the sentence
+rows, their text (``substring`` of the note, in code points like Python's offsets) and the
+repeated metadata are made there by ``posexplode``. Per-row Python objects and a second copy
+of the text through Arrow were most of the job's cost over the bare library.
+"""
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, Tuple
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from ..segment import get_segmenter
 from .. import schemas
 
 _SEGMENTERS: dict[str, object] = {}  # one per Python worker, reused across tasks
+
+_INTS = T.ArrayType(T.IntegerType())
+_STRS = T.ArrayType(T.StringType())
+# Per note: sentence arrays (start, end, and positions into the section arrays), then the
+# sections the sentences use (index, title, category), the same for sub-sections, and the
+# error (exception type name) of a note the segmenter failed on.
+NOTE_SEGMENTS = T.StructType([
+    T.StructField("start", _INTS), T.StructField("end", _INTS),
+    T.StructField("sec", _INTS), T.StructField("sub", _INTS),
+    T.StructField("sec_index", _INTS), T.StructField("sec_title", _STRS),
+    T.StructField("sec_category", _STRS),
+    T.StructField("sub_index", _INTS), T.StructField("sub_title", _STRS),
+    T.StructField("sub_category", _STRS),
+    T.StructField("error", T.StringType()),
+])
+_FIELDS = NOTE_SEGMENTS.fieldNames()
+SEG_COLUMN = "_seg"
+_EMPTY = dict.fromkeys(_FIELDS)
 
 
 def _segmenter(backend: str):
@@ -21,88 +48,116 @@ def _segmenter(backend: str):
     return seg
 
 
-def segment_batches(
-    batches: Iterator[pd.DataFrame], backend: str = "rules", include_text: bool = True
-) -> Iterator[pd.DataFrame]:
-    """Segment each note of each batch; a note that fails becomes one error row, not a crash."""
+def note_segments(text: str, seg) -> dict:
+    """One note's sentences as the arrays of :data:`NOTE_SEGMENTS` (pure Python)."""
+    sentences = seg.segment(text)
+    if not sentences:  # cannot happen for non-blank text; accounted for all the same
+        return {**_EMPTY, "error": "NoSentences"}
+    secs: dict[int, int] = {}
+    subs: dict[int, int] = {}
+    out = {k: [] for k in _FIELDS if k != "error"}
+    for s in sentences:
+        pos = secs.get(s.section_index)
+        if pos is None:
+            pos = secs[s.section_index] = len(secs)
+            out["sec_index"].append(s.section_index)
+            out["sec_title"].append(s.section_title)
+            out["sec_category"].append(s.section_category)
+        sub = None
+        if s.subsection_index is not None:
+            sub = subs.get(s.subsection_index)
+            if sub is None:
+                sub = subs[s.subsection_index] = len(subs)
+                out["sub_index"].append(s.subsection_index)
+                out["sub_title"].append(s.subsection_title)
+                out["sub_category"].append(s.subsection_category)
+        out["start"].append(s.start)
+        out["end"].append(s.end)
+        out["sec"].append(pos)
+        out["sub"].append(sub)
+    for k in ("start", "end", "sec"):
+        out[k] = np.asarray(out[k], dtype=np.int32)
+    out["error"] = None
+    return out
+
+
+def segment_series(ids: Iterator[Tuple[pd.Series, pd.Series]], backend: str
+                   ) -> Iterator[pd.DataFrame]:
+    """Arrow batches of (note_id, text) -> one :data:`NOTE_SEGMENTS` row per note; a note
+    that fails becomes an error row, never a failed task."""
     seg = _segmenter(backend)
-    cols = schemas.SEGMENT_UDF_OUTPUT.fieldNames()
     # Tests only: the segmenter "fails" on these note ids (the rejects path end to end).
     fail_ids = set(filter(None, os.environ.get("CBS_INJECT_SEGMENT_ERROR", "").split(",")))
-    for pdf in batches:
-        out: dict[str, list] = {c: [] for c in cols}
-        for row in pdf.itertuples(index=False):
-            text = row.text if isinstance(row.text, str) else ""
-            meta = (row.note_id, row.subject_id, row.hadm_id, row.category)
+    for note_ids, texts in ids:
+        rows = []
+        for nid, text in zip(note_ids.tolist(), texts.tolist()):
             try:
-                if row.note_id in fail_ids:
+                if nid in fail_ids:
                     raise RuntimeError("injected segmentation error (CBS_INJECT_SEGMENT_ERROR)")
-                sentences = seg.segment(text)
+                rows.append(note_segments(text if isinstance(text, str) else "", seg))
             except Exception as e:  # noqa: BLE001 - one bad note never fails the job
                 # The exception type only: messages can quote the note (PHI).
-                for c in cols:
-                    out[c].append(None)
-                out["note_id"][-1] = row.note_id
-                out["note_hash"][-1] = row.note_hash
-                out["source_row"][-1] = row.source_row
-                out["error"][-1] = type(e).__name__
-                continue
-            n = len(sentences)
-            if n == 0:  # cannot happen for non-blank text; account for it all the same
-                for c in cols:
-                    out[c].append(None)
-                out["note_id"][-1], out["note_hash"][-1] = row.note_id, row.note_hash
-                out["source_row"][-1], out["error"][-1] = row.source_row, "NoSentences"
-                continue
-            for key, value in zip(("note_id", "subject_id", "hadm_id", "category"), meta):
-                out[key].extend([value] * n)
-            out["note_hash"].extend([row.note_hash] * n)
-            out["segmenter"].extend([seg.name] * n)
-            out["segmenter_version"].extend([seg.version] * n)
-            out["error"].extend([None] * n)
-            out["source_row"].extend([row.source_row] * n)
-            for s in sentences:
-                out["section_index"].append(s.section_index)
-                out["section_title"].append(s.section_title)
-                out["section_category"].append(s.section_category)
-                out["subsection_index"].append(s.subsection_index)
-                out["subsection_title"].append(s.subsection_title)
-                out["subsection_category"].append(s.subsection_category)
-                out["sentence_index"].append(s.sentence_index)
-                out["start"].append(s.start)
-                out["end"].append(s.end)
-                out["text"].append(text[s.start:s.end] if include_text else None)
-        frame = pd.DataFrame(out, columns=cols)
-        for c in ("section_index", "subsection_index", "sentence_index", "start", "end"):
-            frame[c] = frame[c].astype("Int32")
-        frame["source_row"] = frame["source_row"].astype("Int64")
-        yield frame
+                rows.append({**_EMPTY, "error": type(e).__name__})
+        yield pd.DataFrame(rows, columns=_FIELDS)
 
 
 def segment_notes(notes: DataFrame, backend: str = "rules", include_text: bool = True,
                   partitions: int | None = None) -> DataFrame:
-    """Sentences of every note, plus error rows (``error`` not null) for notes that failed.
+    """The notes with a :data:`NOTE_SEGMENTS` column (``_seg``); :func:`split_segment_output`
+    turns it into sentences and rejects. Persist it when both are used.
 
     ``notes`` has the columns of :class:`clinicalbert_spark.io.Notes.notes`.
     """
+    from pyspark.sql.functions import pandas_udf
+
     # Validate the backend on the driver so a missing optional model fails fast and clearly.
-    get_segmenter(backend)
+    seg = get_segmenter(backend)
     df = notes.select("note_id", "subject_id", "hadm_id", "category", "text", "note_hash",
                       "source_row")
     if partitions:
         df = df.repartition(partitions)
 
-    def fn(it):
-        return segment_batches(it, backend, include_text)
+    def fn(it: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        return segment_series(it, backend)
 
-    return df.mapInPandas(fn, schemas.SEGMENT_UDF_OUTPUT)
+    udf = pandas_udf(fn, NOTE_SEGMENTS)
+    return (df.withColumn(SEG_COLUMN, udf(F.col("note_id"), F.col("text")))
+              .withColumn("_segmenter", F.lit(seg.name))
+              .withColumn("_segmenter_version", F.lit(seg.version))
+              .withColumn("_include_text", F.lit(include_text)))
 
 
 def split_segment_output(out: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(sentences, rejects) from the UDF output."""
-    sentences = out.where(F.col("error").isNull()).select(
-        *[F.col(f.name) for f in schemas.SENTENCES.fields if f.name != "fingerprint"])
-    rejects = out.where(F.col("error").isNotNull()).select(
+    """(sentences, rejects) from :func:`segment_notes`: sentence rows are exploded here, in
+    the JVM, with their text cut from the note (``substring`` counts code points)."""
+    seg = F.col(SEG_COLUMN)
+    ok = out.where(seg["error"].isNull())
+    z = F.arrays_zip(seg["start"].alias("start"), seg["end"].alias("end"),
+                     seg["sec"].alias("sec"), seg["sub"].alias("sub"))
+    exploded = ok.select("*", F.posexplode(z).alias("_pos", "_s"))
+    s, pos = F.col("_s"), F.col("_pos")
+
+    def at(arr: str, ref) -> F.Column:  # arrays are 1-based in SQL
+        return F.element_at(seg[arr], ref + 1)
+
+    start, end = s["start"], s["end"]
+    text = F.when(F.col("_include_text"),
+                  F.expr("substring(text, _s.start + 1, _s.end - _s.start)"))
+    columns = {
+        "note_id": F.col("note_id"), "subject_id": F.col("subject_id"),
+        "hadm_id": F.col("hadm_id"), "category": F.col("category"),
+        "section_index": at("sec_index", s["sec"]), "section_title": at("sec_title", s["sec"]),
+        "section_category": at("sec_category", s["sec"]),
+        "subsection_index": F.when(s["sub"].isNotNull(), at("sub_index", s["sub"])),
+        "subsection_title": F.when(s["sub"].isNotNull(), at("sub_title", s["sub"])),
+        "subsection_category": F.when(s["sub"].isNotNull(), at("sub_category", s["sub"])),
+        "sentence_index": pos.cast("int"), "start": start, "end": end, "text": text,
+        "segmenter": F.col("_segmenter"), "segmenter_version": F.col("_segmenter_version"),
+        "note_hash": F.col("note_hash"),
+    }
+    sentences = exploded.select(*[columns[f.name].cast(f.dataType).alias(f.name)
+                                  for f in schemas.SENTENCES.fields if f.name != "fingerprint"])
+    rejects = out.where(seg["error"].isNotNull()).select(
         "note_id", F.lit("segmentation_error").alias("reason"), "source_row",
-        F.col("error").alias("detail"))
+        seg["error"].alias("detail"))
     return sentences, rejects
