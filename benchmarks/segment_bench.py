@@ -2,6 +2,12 @@
 """Segmentation throughput (one core) and gold-set quality, per backend, in one table.
 
     python benchmarks/segment_bench.py [--limit N] [--pysbd-limit 300] [--json out.json]
+    python benchmarks/segment_bench.py --spark [--spark-mb 100] [--spark-cores 2]
+
+``--spark``: the bare library (rules, one core) and ``jobs/segment_notes.py`` (Parquet in and
+out, ``local[N]``) on the same >= 100 MB corpus (the shared notes repeated under new ids), in
+one run; the job's MB/s per core (its own reported seconds, JVM start excluded) over the
+library's is the figure to watch (issue: >= 0.6).
 
 Throughput is measured on MTSamples + the PhysioNet MIMIC-II nursing notes from
 ``../shared/corpora`` (``$CLINICALBERT_CORPORA`` overrides), the same notes for every backend
@@ -70,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--corpora", default=None, help="folder of the corpora (default ../shared/corpora)")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    ap.add_argument("--spark", action="store_true",
+                    help="compare jobs/segment_notes.py with the bare library")
+    ap.add_argument("--spark-mb", type=float, default=100.0)
+    ap.add_argument("--spark-cores", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.spark:
+        return spark_vs_library(args)
     _pin_one_core()
 
     base = Path(args.corpora) if args.corpora else corpora_dir()
@@ -133,6 +145,56 @@ def main(argv: list[str] | None = None) -> int:
           "--split test")
     if args.json:
         Path(args.json).write_text(json.dumps({"corpus": parts, "results": results}, indent=2))
+    return 0
+
+
+def spark_vs_library(args) -> int:
+    """The segment job against the bare library on the same corpus, one run."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import pandas as pd
+
+    base = Path(args.corpora) if args.corpora else corpora_dir()
+    texts: list[str] = []
+    for path, reader in ((base / "mtsamples.csv", read_mtsamples),
+                         (base / "physionet_deid_nursing" / "id.res", read_deid_nursing)):
+        if path.is_file():
+            texts.extend(t for _, t in reader(path))
+    if not texts:
+        print(f"no corpora under {base}", file=sys.stderr)
+        return 2
+    one = sum(len(t) for t in texts)
+    reps = max(1, int(args.spark_mb * 1e6 // one) + 1)
+    work = Path(tempfile.mkdtemp(prefix="segment-bench-"))
+    try:
+        rows = [(str(r * 10_000_000 + i), t) for r in range(reps) for i, t in enumerate(texts)]
+        df = pd.DataFrame(rows, columns=["ROW_ID", "TEXT"])
+        df["SUBJECT_ID"], df["HADM_ID"], df["CATEGORY"] = "1", "2", "General"
+        df.to_parquet(work / "notes.parquet", index=False, row_group_size=2000)
+        mb = sum(len(t) for t in df.TEXT) / 1e6
+        print(f"corpus: {len(df)} notes, {mb:.1f} M chars ({reps} x the shared notes)")
+        lib = _throughput(get_segmenter("rules"), texts)
+        job = [sys.executable, str(Path(__file__).resolve().parents[1] / "jobs" / "segment_notes.py"),
+               "--input", str(work / "notes.parquet"), "--output", str(work / "out"),
+               "--master", f"local[{args.spark_cores}]", "--spark.conf.spark.ui.enabled", "false"]
+        t0 = time.perf_counter()
+        res = subprocess.run(job, capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            print(res.stderr[-2000:], file=sys.stderr)
+            return 1
+        secs = float([ln.split()[-1] for ln in res.stdout.splitlines()
+                      if ln.strip().startswith("seconds")][-1])
+        per_core = mb / secs / args.spark_cores
+        print(f"library (rules, 1 core, CPU time): {lib['mb_per_s_cpu']:.2f} MB/s")
+        print(f"segment job (local[{args.spark_cores}], Parquet in/out): {secs:.1f} s "
+              f"({wall:.1f} s with JVM start) = {per_core:.2f} MB/s per core")
+        print(f"job / library per core: {per_core / lib['mb_per_s_cpu']:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
