@@ -353,7 +353,7 @@ def train(settings: dict | TrainSettings) -> dict:
                                        map_location=device))
         sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        rng = torch.load(ckpt / f"rng_rank{rank}.pt", weights_only=False)
+        rng = torch.load(ckpt / f"rng_rank{rank}.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         if cuda and rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
