@@ -1,10 +1,9 @@
 """Notes -> sentences: the segmenter runs in a scalar pandas UDF, one row per note.
 
-Only the note text (and id) crosses to Python, and only sentence offsets and section labels
-come back, as arrays per note: the note's other columns stay in the JVM, and the sentence
-rows, their text (``substring`` of the note, in code points like Python's offsets) and the
-repeated metadata are made there by ``posexplode``. Per-row Python objects and a second copy
-of the text through Arrow were most of the job's cost over the bare library.
+Only the note text (and id) crosses to Python, and only sentence offsets, texts and section
+labels come back, as arrays per note: the note's other columns stay in the JVM, where the
+sentence rows and their repeated metadata are made by ``posexplode``. Building per-sentence
+Python rows of every column was much of the job's cost over the bare library.
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ _STRS = T.ArrayType(T.StringType())
 # sections the sentences use (index, title, category), the same for sub-sections, and the
 # error (exception type name) of a note the segmenter failed on.
 NOTE_SEGMENTS = T.StructType([
-    T.StructField("start", _INTS), T.StructField("end", _INTS),
+    T.StructField("start", _INTS), T.StructField("end", _INTS), T.StructField("text", _STRS),
     T.StructField("sec", _INTS), T.StructField("sub", _INTS),
     T.StructField("sec_index", _INTS), T.StructField("sec_title", _STRS),
     T.StructField("sec_category", _STRS),
@@ -48,7 +47,7 @@ def _segmenter(backend: str):
     return seg
 
 
-def note_segments(text: str, seg) -> dict:
+def note_segments(text: str, seg, include_text: bool = True) -> dict:
     """One note's sentences as the arrays of :data:`NOTE_SEGMENTS` (pure Python)."""
     sentences = seg.segment(text)
     if not sentences:  # cannot happen for non-blank text; accounted for all the same
@@ -73,6 +72,9 @@ def note_segments(text: str, seg) -> dict:
                 out["sub_category"].append(s.subsection_category)
         out["start"].append(s.start)
         out["end"].append(s.end)
+        # Cut here, not with SQL substring: that walks the note from its start for every
+        # sentence (quadratic on a long note).
+        out["text"].append(text[s.start:s.end] if include_text else None)
         out["sec"].append(pos)
         out["sub"].append(sub)
     for k in ("start", "end", "sec"):
@@ -81,8 +83,8 @@ def note_segments(text: str, seg) -> dict:
     return out
 
 
-def segment_series(ids: Iterator[Tuple[pd.Series, pd.Series]], backend: str
-                   ) -> Iterator[pd.DataFrame]:
+def segment_series(ids: Iterator[Tuple[pd.Series, pd.Series]], backend: str,
+                   include_text: bool = True) -> Iterator[pd.DataFrame]:
     """Arrow batches of (note_id, text) -> one :data:`NOTE_SEGMENTS` row per note; a note
     that fails becomes an error row, never a failed task."""
     seg = _segmenter(backend)
@@ -94,7 +96,8 @@ def segment_series(ids: Iterator[Tuple[pd.Series, pd.Series]], backend: str
             try:
                 if nid in fail_ids:
                     raise RuntimeError("injected segmentation error (CBS_INJECT_SEGMENT_ERROR)")
-                rows.append(note_segments(text if isinstance(text, str) else "", seg))
+                rows.append(note_segments(text if isinstance(text, str) else "", seg,
+                                          include_text))
             except Exception as e:  # noqa: BLE001 - one bad note never fails the job
                 # The exception type only: messages can quote the note (PHI).
                 rows.append({**_EMPTY, "error": type(e).__name__})
@@ -118,31 +121,28 @@ def segment_notes(notes: DataFrame, backend: str = "rules", include_text: bool =
         df = df.repartition(partitions)
 
     def fn(it: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        return segment_series(it, backend)
+        return segment_series(it, backend, include_text)
 
     udf = pandas_udf(fn, NOTE_SEGMENTS)
     return (df.withColumn(SEG_COLUMN, udf(F.col("note_id"), F.col("text")))
               .withColumn("_segmenter", F.lit(seg.name))
-              .withColumn("_segmenter_version", F.lit(seg.version))
-              .withColumn("_include_text", F.lit(include_text)))
+              .withColumn("_segmenter_version", F.lit(seg.version)))
 
 
 def split_segment_output(out: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(sentences, rejects) from :func:`segment_notes`: sentence rows are exploded here, in
-    the JVM, with their text cut from the note (``substring`` counts code points)."""
+    the JVM, where the note's other columns are."""
     seg = F.col(SEG_COLUMN)
     ok = out.where(seg["error"].isNull())
     z = F.arrays_zip(seg["start"].alias("start"), seg["end"].alias("end"),
-                     seg["sec"].alias("sec"), seg["sub"].alias("sub"))
+                     seg["text"].alias("text"), seg["sec"].alias("sec"), seg["sub"].alias("sub"))
     exploded = ok.select("*", F.posexplode(z).alias("_pos", "_s"))
     s, pos = F.col("_s"), F.col("_pos")
 
     def at(arr: str, ref) -> F.Column:  # arrays are 1-based in SQL
         return F.element_at(seg[arr], ref + 1)
 
-    start, end = s["start"], s["end"]
-    text = F.when(F.col("_include_text"),
-                  F.expr("substring(text, _s.start + 1, _s.end - _s.start)"))
+    start, end, text = s["start"], s["end"], s["text"]
     columns = {
         "note_id": F.col("note_id"), "subject_id": F.col("subject_id"),
         "hadm_id": F.col("hadm_id"), "category": F.col("category"),
