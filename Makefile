@@ -31,7 +31,7 @@ demo: $(STAMP)
 	    "SELECT category, section_category, count(*) AS sentences FROM sentences GROUP BY ALL ORDER BY sentences DESC LIMIT 10"
 
 test: $(STAMP) airflow-venv
-	CBS_REQUIRE_AIRFLOW=1 $(BIN)/python -m pytest -q
+	CBS_REQUIRE_AIRFLOW=1 CBS_REQUIRE_CONNECT=1 $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster and not slow"
