@@ -153,7 +153,7 @@ def run_batched(loaded, sentences, device, cfg):
         "sentences_per_s": len(sentences) / dt,
         "tokens_per_s": st.real_tokens / dt,
         "max_tokens": enc.max_tokens,
-        "precision": str(enc.dtype).replace("torch.", ""),
+        "precision": enc.precision,
     }
     if device.type == "cuda":
         out["cuda_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -212,14 +212,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-tokens", type=int, default=None, help="token budget per batch")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--pooling", default="mean", choices=["mean", "cls"])
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                    help="auto: bf16 on GPU; on CPU bf16 with AMX, else int8 (see precision_bench.py)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--model", default=None, help="model dir (default: random BERT-base)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--spark", action="store_true", help="also time the Spark job (c)")
-    ap.add_argument("--compare-precision", default=None, choices=["fp32", "bf16", "fp16"],
+    ap.add_argument("--compare-precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
                     help="also run (b) at this precision (e.g. bf16 on a CPU with AMX) and "
                          "report its speed and cosine agreement with the first (b)")
     ap.add_argument("--json", default=None, help="write results here")

@@ -37,6 +37,11 @@ def loaded(tmp_path_factory):
     return load_model(build_tiny_bert(tmp_path_factory.mktemp("enc") / "tiny", seed=3))
 
 
+# Tests of batching, windowing and pooling compare against plain fp32 torch, so they pin
+# precision="fp32": the CPU default ("auto") is a reduced-precision mode (int8, or bf16 with
+# AMX), held to fp32 by the fidelity gate in test_encode_precision.py instead.
+
+
 def _reference(loaded, text, pooling, max_length=None):
     """Pooled vector of one text, computed directly from ``model(**tok)`` with no padding."""
     tok = loaded.tokenizer(text, return_tensors="pt", truncation=max_length is not None, max_length=max_length)
@@ -48,7 +53,7 @@ def _reference(loaded, text, pooling, max_length=None):
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_batched_matches_one_at_a_time(loaded, pooling):
     # Small budget -> several batches of mixed lengths; shuffled input order.
-    enc = SentenceEncoder(loaded, EncoderConfig(pooling=pooling, max_tokens=64), device="cpu")
+    enc = SentenceEncoder(loaded, EncoderConfig(precision="fp32", pooling=pooling, max_tokens=64), device="cpu")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(SENTENCES))
     texts = [SENTENCES[i] for i in order]
@@ -63,7 +68,7 @@ def test_batched_matches_one_at_a_time(loaded, pooling):
 
 def test_padding_is_multiple_of_eight_and_stats(loaded):
     seen = []
-    enc = SentenceEncoder(loaded, EncoderConfig(max_tokens=128), device="cpu")
+    enc = SentenceEncoder(loaded, EncoderConfig(precision="fp32", max_tokens=128, pad_to_multiple_of=8), device="cpu")
     inner = enc._forward
 
     def spy(input_ids, attention_mask):
@@ -81,9 +86,25 @@ def test_padding_is_multiple_of_eight_and_stats(loaded):
     assert (st + st).batches == 2 * st.batches
 
 
+def test_cpu_pads_to_the_longest_row_only(loaded):
+    # Default pad_to_multiple_of (None): 1 on CPU, no round-up to a multiple of 8.
+    seen = []
+    enc = SentenceEncoder(loaded, EncoderConfig(precision="fp32"), device="cpu")
+    inner = enc._forward
+
+    def spy(input_ids, attention_mask):
+        seen.append((tuple(input_ids.shape), int(attention_mask.sum(1).max())))
+        return inner(input_ids, attention_mask)
+
+    enc._forward = spy
+    enc.encode(SENTENCES)
+    assert seen and all(L == longest for (_, L), longest in seen)
+    assert any(L % 8 for (_, L), _ in seen)
+
+
 def test_result_independent_of_budget(loaded):
-    a = SentenceEncoder(loaded, EncoderConfig(max_tokens=32), device="cpu").encode(SENTENCES)
-    b = SentenceEncoder(loaded, EncoderConfig(max_tokens=100_000), device="cpu").encode(SENTENCES)
+    a = SentenceEncoder(loaded, EncoderConfig(precision="fp32", max_tokens=32), device="cpu").encode(SENTENCES)
+    b = SentenceEncoder(loaded, EncoderConfig(precision="fp32", max_tokens=100_000), device="cpu").encode(SENTENCES)
     np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
 
 
@@ -95,7 +116,7 @@ def _long_text(n_words=80):
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_long_text_windows_are_averaged(loaded, pooling):
     text = _long_text()
-    cfg = EncoderConfig(pooling=pooling, max_length=16, stride=4)
+    cfg = EncoderConfig(precision="fp32", pooling=pooling, max_length=16, stride=4)
     res = SentenceEncoder(loaded, cfg, device="cpu").encode([text, "chest pain"])
     content = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
     starts = window_starts(len(content), 14, 4)
@@ -114,7 +135,7 @@ def test_long_text_windows_are_averaged(loaded, pooling):
 
 def test_truncate_policy_flags_rows(loaded):
     text = _long_text()
-    cfg = EncoderConfig(max_length=16, long_policy="truncate")
+    cfg = EncoderConfig(precision="fp32", max_length=16, long_policy="truncate")
     res = SentenceEncoder(loaded, cfg, device="cpu").encode([text, "chest pain"])
     assert res.truncated.tolist() == [True, False]
     assert res.n_windows.tolist() == [1, 1] and res.n_tokens[0] == 16
@@ -122,35 +143,36 @@ def test_truncate_policy_flags_rows(loaded):
 
 
 def test_normalize_and_float16(loaded):
-    res = SentenceEncoder(loaded, EncoderConfig(normalize=True, embedding_dtype="float16"), device="cpu").encode(
+    cfg = EncoderConfig(precision="fp32", normalize=True, embedding_dtype="float16")
+    res = SentenceEncoder(loaded, cfg, device="cpu").encode(
         SENTENCES + [""]
     )
     assert res.embeddings.dtype == np.float16
     norms = np.linalg.norm(res.embeddings.astype(np.float32), axis=1)
     np.testing.assert_allclose(norms[:-1], 1.0, atol=2e-3)
     assert norms[-1] == 0.0
-    plain = SentenceEncoder(loaded, EncoderConfig(), device="cpu").encode(SENTENCES)
+    plain = SentenceEncoder(loaded, EncoderConfig(precision="fp32"), device="cpu").encode(SENTENCES)
     expect = plain.embeddings / np.linalg.norm(plain.embeddings, axis=1, keepdims=True)
     np.testing.assert_allclose(res.embeddings[:-1].astype(np.float32), expect, atol=2e-3)
 
 
 def test_bad_rows_do_not_break_the_partition(loaded):
     texts = ["chest pain", None, "", "   \n\t", float("nan"), 42, "\u200b", "no fever"]
-    res = SentenceEncoder(loaded, EncoderConfig(), device="cpu").encode(texts)
+    res = SentenceEncoder(loaded, EncoderConfig(precision="fp32"), device="cpu").encode(texts)
     assert res.status == ["ok", "empty_text", "empty_text", "empty_text", "empty_text", "invalid_type", "no_tokens", "ok"]
     assert res.ok.tolist() == [s == "ok" for s in res.status]
     bad = ~res.ok
     assert np.all(res.embeddings[bad] == 0) and np.isfinite(res.embeddings).all()
     assert np.all(res.n_tokens[bad] == 0) and np.all(res.n_windows[bad] == 0)
     np.testing.assert_allclose(res.embeddings[0], _reference(loaded, "chest pain", "mean"), atol=1e-5)
-    empty = SentenceEncoder(loaded, EncoderConfig(), device="cpu").encode([None, ""])
+    empty = SentenceEncoder(loaded, EncoderConfig(precision="fp32"), device="cpu").encode([None, ""])
     assert empty.embeddings.shape == (2, loaded.config.hidden_size) and empty.stats.batches == 0
-    assert SentenceEncoder(loaded, EncoderConfig(), device="cpu").encode([]).embeddings.shape == (0, 32)
+    assert SentenceEncoder(loaded, EncoderConfig(precision="fp32"), device="cpu").encode([]).embeddings.shape == (0, 32)
 
 
 def test_oom_retry_halves_budget_and_keeps_results(loaded):
-    base = SentenceEncoder(loaded, EncoderConfig(max_tokens=1024), device="cpu").encode(SENTENCES)
-    enc = SentenceEncoder(loaded, EncoderConfig(max_tokens=1024), device="cpu")
+    base = SentenceEncoder(loaded, EncoderConfig(precision="fp32", max_tokens=1024), device="cpu").encode(SENTENCES)
+    enc = SentenceEncoder(loaded, EncoderConfig(precision="fp32", max_tokens=1024), device="cpu")
     real_forward = enc._forward
     shapes = []
 
@@ -179,7 +201,7 @@ def test_oom_retry_halves_budget_and_keeps_results(loaded):
 
 
 def test_cublas_alloc_failure_counts_as_oom(loaded):
-    enc = SentenceEncoder(loaded, EncoderConfig(max_tokens=1024), device="cpu")
+    enc = SentenceEncoder(loaded, EncoderConfig(precision="fp32", max_tokens=1024), device="cpu")
     real_forward = enc._forward
     calls = []
 
@@ -214,11 +236,39 @@ def test_invalid_configs():
 
 
 def test_bf16_autocast_on_cpu_is_close(loaded):
-    fp32 = SentenceEncoder(loaded, EncoderConfig(normalize=True), device="cpu").encode(SENTENCES)
+    fp32 = SentenceEncoder(loaded, EncoderConfig(normalize=True, precision="fp32"), device="cpu").encode(SENTENCES)
     bf16 = SentenceEncoder(loaded, EncoderConfig(normalize=True, precision="bf16"), device="cpu").encode(SENTENCES)
     assert bf16.embeddings.dtype == np.float32
     cos = (fp32.embeddings * bf16.embeddings).sum(1)
     assert cos.min() > 0.99
+
+
+def test_int8_on_cpu_is_close_and_leaves_the_model_fp32(loaded):
+    fp32 = SentenceEncoder(loaded, EncoderConfig(normalize=True, precision="fp32"), device="cpu")
+    int8 = SentenceEncoder(loaded, EncoderConfig(normalize=True, precision="int8"), device="cpu")
+    assert int8.precision == "int8" and fp32.precision == "fp32"
+    assert any(type(m).__name__ == "Int8Linear" for m in int8.model.modules())
+    # The shared checkpoint is not quantised in place: fp32 users of it stay exact.
+    assert not any(type(m).__name__ == "Int8Linear" for m in loaded.model.modules())
+    a, b = fp32.encode(SENTENCES), int8.encode(SENTENCES)
+    assert b.embeddings.dtype == np.float32 and b.status == a.status
+    cos = (a.embeddings * b.embeddings).sum(1)
+    assert cos.min() > 0.98
+    np.testing.assert_allclose(fp32.encode(SENTENCES).embeddings, a.embeddings, atol=1e-6)
+
+
+def test_auto_precision_is_resolved_once_and_exposed(loaded):
+    from clinicalbert_spark.encode import resolve_encode_precision
+
+    auto = resolve_encode_precision("auto", torch.device("cpu"))
+    assert auto in ("fp32", "bf16", "int8")
+    assert SentenceEncoder(loaded, EncoderConfig(), device="cpu").precision == auto
+    assert resolve_encode_precision("fp32", "cpu") == "fp32"
+    assert resolve_encode_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError):
+        resolve_encode_precision("int8", "cuda")
+    with pytest.raises(ValueError):
+        EncoderConfig(precision="int4")
 
 
 def test_encoder_cached_once_per_process(tmp_path):

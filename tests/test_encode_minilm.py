@@ -15,11 +15,25 @@ def _offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    return SentenceEncoder(load_model(PATH), EncoderConfig(pooling="mean", normalize=True), device="cpu")
+def model():
+    return load_model(PATH)
 
 
-def test_similar_clinical_sentences_are_nearer(encoder):
+@pytest.fixture(scope="module")
+def encoder(model):
+    """fp32: compared with sentence-transformers to 1e-4 below."""
+    return SentenceEncoder(model, EncoderConfig(pooling="mean", normalize=True, precision="fp32"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def auto_encoder(model):
+    """The CPU default (int8, or bf16 with AMX); its closeness to fp32 is test_encode_precision.py's."""
+    return SentenceEncoder(model, EncoderConfig(pooling="mean", normalize=True), device="cpu")
+
+
+@pytest.mark.parametrize("which", ["encoder", "auto_encoder"])
+def test_similar_clinical_sentences_are_nearer(request, which):
+    encoder = request.getfixturevalue(which)
     res = encoder.encode(
         [
             "patient denies chest pain",

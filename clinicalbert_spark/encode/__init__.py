@@ -4,6 +4,7 @@ Public API used by the Spark glue::
 
     from clinicalbert_spark.encode import (
         load_model, LoadedModel, detect_task, resolve_device,
+        resolve_encode_precision, check_fidelity,
         EncoderConfig, SentenceEncoder, EncodeResult, EncodeStats,
         Predictor, get_cached, load_count,
     )
@@ -12,7 +13,7 @@ See ``docs/encoding.md`` for the design (batching, windowing, numerics).
 """
 from .batching import plan_batches, window_starts
 from .cache import cache_info, clear_cache, get_cached, load_count
-from .device import resolve_device, resolve_precision
+from .device import ENCODE_PRECISIONS, resolve_device, resolve_encode_precision, resolve_precision
 from .encoder import EncodeResult, EncoderConfig, SentenceEncoder
 from .errors import (
     EncodeError,
@@ -21,6 +22,16 @@ from .errors import (
     ModelNotAvailableError,
     PickleCheckpointError,
     TaskMismatchError,
+)
+from .fidelity import (
+    MIN_MEAN_COSINE,
+    MIN_NN_OVERLAP,
+    NN_K,
+    FidelityReport,
+    check_fidelity,
+    fidelity_report,
+    nn_overlap,
+    row_cosines,
 )
 from .model import DEFAULT_MODEL, TASKS, LoadedModel, detect_task, load_model
 from .predict import (
@@ -42,6 +53,16 @@ __all__ = [
     "detect_task",
     "resolve_device",
     "resolve_precision",
+    "resolve_encode_precision",
+    "ENCODE_PRECISIONS",
+    "FidelityReport",
+    "check_fidelity",
+    "fidelity_report",
+    "nn_overlap",
+    "row_cosines",
+    "MIN_MEAN_COSINE",
+    "MIN_NN_OVERLAP",
+    "NN_K",
     "EncoderConfig",
     "SentenceEncoder",
     "EncodeResult",

@@ -8,15 +8,29 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import nullcontext
+from functools import lru_cache
 from typing import ContextManager
 
 import torch
 
-__all__ = ["resolve_device", "resolve_precision", "autocast_context", "spark_gpu_address"]
+__all__ = [
+    "resolve_device",
+    "resolve_precision",
+    "resolve_encode_precision",
+    "ENCODE_PRECISIONS",
+    "cpu_flags",
+    "cpu_has_amx_bf16",
+    "autocast_dtype",
+    "autocast_context",
+    "quantize_int8",
+    "spark_gpu_address",
+]
 
 logger = logging.getLogger(__name__)
 
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Values of ``EncoderConfig.precision`` (sentence embeddings).
+ENCODE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def spark_gpu_address() -> str | None:
@@ -107,11 +121,14 @@ def resolve_device(prefer: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """Return the compute dtype for ``precision`` on ``device``.
+    """Return the autocast dtype for ``precision`` on ``device`` (task heads).
 
-    ``"auto"`` is bf16 on a GPU that supports it (Ampere and newer), fp16 on
-    older GPUs, and fp32 on CPU (CPU autocast gains little for BERT-base and
-    costs accuracy). Explicit values are honoured on any device.
+    Used by :class:`~clinicalbert_spark.encode.Predictor`. ``"auto"`` is bf16
+    on a GPU that supports it (Ampere and newer), fp16 on older GPUs, and fp32
+    on CPU: task heads (fill-mask scores, labels) are not covered by the
+    embedding fidelity gate, so they stay exact on CPU. Explicit values are
+    honoured on any device. Sentence embeddings use
+    :func:`resolve_encode_precision` instead (``"auto"`` is fast on CPU too).
     """
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
@@ -136,3 +153,100 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> ContextManager
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------ CPU precision (embeddings)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
+
+
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags of this machine (``/proc/cpuinfo`` "flags"; empty where unreadable).
+
+    The kernel lists ``amx_bf16``/``amx_tile`` only when it enables AMX state for user
+    processes, so a flag seen here is usable.
+    """
+    return _cpu_flags()
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86, aarch64
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True where the CPU has bf16 matrix tiles (Intel AMX, Sapphire Rapids and newer)."""
+    flags = cpu_flags()
+    return "amx_bf16" in flags and "amx_tile" in flags
+
+
+@lru_cache(maxsize=1)
+def _int8_engine_available() -> bool:
+    from .int8 import int8_available
+
+    return int8_available()
+
+
+def resolve_encode_precision(precision: str, device: torch.device | str) -> str:
+    """The numeric mode sentence embeddings run in: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"``.
+
+    Resolve once per encoder and record the result (fingerprints, run summaries): it is
+    what determines the vectors, ``"auto"`` is not.
+
+    ``"auto"``:
+
+    * CUDA: ``"bf16"`` autocast (``"fp16"`` on GPUs without bf16).
+    * CPU with AMX (``amx_bf16``): ``"bf16"`` autocast, the bf16 matrix units run it
+      several times faster than fp32.
+    * any other CPU: ``"int8"``, Linear layers with int8 weights and per-token dynamic
+      int8 activations (:func:`quantize_int8`). This includes CPUs with only
+      ``avx512_bf16``: on the development machine (Intel, AVX512-BF16 and AVX512-FP16, no
+      AMX) bf16 autocast ran *slower* than fp32 and int8 about twice as fast
+      (``benchmarks/precision_bench.py``). Where torch lacks the int8 product, ``"fp32"``.
+    * other devices (MPS, ...): ``"fp32"``.
+
+    Every mode but fp32 passes the fidelity gate (:mod:`~clinicalbert_spark.encode.fidelity`)
+    against fp32 on real sentences. Explicit values are honoured, except ``"int8"`` off
+    CPU (the int8 layers are written for CPU): ``ValueError``.
+    """
+    if precision not in ENCODE_PRECISIONS:
+        raise ValueError(f"precision must be one of {ENCODE_PRECISIONS}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"precision 'int8' runs on CPU only, not on {device}")
+        if not _int8_engine_available():
+            raise ValueError("precision 'int8': this torch build has no CPU int8 matrix product")
+        return "int8"
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type != "cpu":
+        return "fp32"
+    if cpu_has_amx_bf16():
+        return "bf16"
+    return "int8" if _int8_engine_available() else "fp32"
+
+
+def autocast_dtype(mode: str) -> torch.dtype:
+    """The autocast dtype of a resolved mode (fp32, i.e. no autocast, for ``"int8"``)."""
+    return _DTYPES[mode]
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose Linear layers run in int8 (:mod:`~clinicalbert_spark.encode.int8`).
+
+    Per-token activation scales and per-channel weight scales; ``model`` is left untouched.
+    """
+    from .int8 import quantize_linears
+
+    return quantize_linears(model)

@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from .batching import build_segments
-from .device import autocast_context, resolve_device, resolve_precision
+from .device import (
+    ENCODE_PRECISIONS,
+    autocast_context,
+    autocast_dtype,
+    quantize_int8,
+    resolve_device,
+    resolve_encode_precision,
+)
 from .model import LoadedModel
 from .pooling import average_windows, l2_normalize, pool
 from .runtime import (
@@ -59,10 +66,17 @@ class EncoderConfig:
     max_tokens : int, optional
         Padded-token budget per batch (``rows * padded_len``). Default 8192
         on CPU, 65536 on CUDA. Lowered automatically after a GPU OOM.
-    pad_to_multiple_of : int, default=8
-    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        Compute dtype via autocast. ``"auto"``: bf16 on GPUs that support it,
-        else fp16; fp32 on CPU.
+    pad_to_multiple_of : int, optional
+        Batches are padded to a multiple of this. Default (None): 8 on CUDA
+        (tensor-core tiles), 1 on CPU (no gain there from rounding up; short
+        sentences would lose ~10% of the work to it).
+    precision : {"auto", "fp32", "bf16", "fp16", "int8"}, default="auto"
+        Numeric mode. ``"bf16"``/``"fp16"``: autocast; ``"int8"``: Linear
+        layers dynamically quantised (CPU only); ``"fp32"``: exact.
+        ``"auto"``: bf16 on GPUs (fp16 without bf16 support); on CPU bf16
+        where the CPU has AMX, else int8. The mode used is
+        ``SentenceEncoder.precision`` (see
+        :func:`~clinicalbert_spark.encode.resolve_encode_precision`).
     embedding_dtype : {"float32", "float16"}, default="float32"
         Dtype of the returned vectors (pooling is always done in fp32).
     compile : bool, default=False
@@ -77,7 +91,7 @@ class EncoderConfig:
     stride: int | None = None
     long_policy: str = "window"
     max_tokens: int | None = None
-    pad_to_multiple_of: int = 8
+    pad_to_multiple_of: int | None = None
     precision: str = "auto"
     embedding_dtype: str = "float32"
     compile: bool = False
@@ -93,10 +107,10 @@ class EncoderConfig:
             raise ValueError(f"long_policy must be 'window' or 'truncate', got {self.long_policy!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
-        if self.pad_to_multiple_of < 1:
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError("pad_to_multiple_of must be >= 1")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto/fp32/bf16/fp16, got {self.precision!r}")
+        if self.precision not in ENCODE_PRECISIONS:
+            raise ValueError(f"precision must be one of {'/'.join(ENCODE_PRECISIONS)}, got {self.precision!r}")
         if self.embedding_dtype not in ("float32", "float16"):
             raise ValueError(f"embedding_dtype must be float32 or float16, got {self.embedding_dtype!r}")
 
@@ -182,12 +196,17 @@ class SentenceEncoder:
         self.loaded = loaded
         self.config = config or EncoderConfig()
         self.device = device if isinstance(device, torch.device) else resolve_device(device or "auto")
-        self.dtype = resolve_precision(self.config.precision, self.device)
+        #: The numeric mode actually used: "fp32", "bf16", "fp16" or "int8" (record this).
+        self.precision = resolve_encode_precision(self.config.precision, self.device)
+        #: Autocast dtype (float32, i.e. none, for fp32 and int8).
+        self.dtype = autocast_dtype(self.precision)
         model = loaded.model if loaded.task == "embed" else loaded.model.base_model
         max_pos = getattr(loaded.config, "max_position_embeddings", 512)
         if self.config.max_length > max_pos:
             raise ValueError(f"max_length {self.config.max_length} exceeds the model's {max_pos} positions")
-        self.model = model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        # int8: a quantised copy; the loaded model stays fp32 for other users of it.
+        self.model = quantize_int8(model) if self.precision == "int8" else model
         self.dim = int(loaded.config.hidden_size)
         self.cls_id, self.sep_id, self.pad_id = _special_ids(loaded.tokenizer)
         max_tokens = self.config.max_tokens or DEFAULT_MAX_TOKENS.get(self.device.type, 8192)

@@ -15,7 +15,16 @@ import torch
 
 from .batching import collate, next_batch, padded_length
 
-__all__ = ["EncodeStats", "run_batches", "is_oom", "classify_texts", "tokenize_texts", "DEFAULT_MAX_TOKENS"]
+__all__ = [
+    "EncodeStats",
+    "run_batches",
+    "is_oom",
+    "classify_texts",
+    "tokenize_texts",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_PAD_MULTIPLE",
+    "pad_multiple_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +33,17 @@ logger = logging.getLogger(__name__)
 #: raise peak memory; on a GPU 64k tokens (e.g. 512 x 128) keeps an H100 busy
 #: with BERT-base while activations stay around a few GiB.
 DEFAULT_MAX_TOKENS = {"cpu": 8192, "cuda": 65536}
+
+#: Default padded-length multiple (``EncoderConfig.pad_to_multiple_of=None``): 8 on a GPU
+#: (full tensor-core tiles, few distinct shapes); 1 elsewhere, since a CPU gains nothing
+#: from the round-up and MTSamples-length sentences (~20 tokens) lose ~10% of the work
+#: to it (padding efficiency 0.83 -> 0.94 on 2,000 sentences at the 8192 budget).
+DEFAULT_PAD_MULTIPLE = {"cuda": 8}
+
+
+def pad_multiple_for(pad_multiple: int | None, device: torch.device) -> int:
+    """``pad_multiple`` itself, or the device's default (:data:`DEFAULT_PAD_MULTIPLE`) for None."""
+    return int(pad_multiple) if pad_multiple is not None else DEFAULT_PAD_MULTIPLE.get(device.type, 1)
 
 
 @dataclass
@@ -162,7 +182,7 @@ def run_batches(
     segments: Sequence[np.ndarray],
     *,
     budget: _Budget,
-    pad_multiple: int,
+    pad_multiple: int | None,
     pad_id: int,
     device: torch.device,
     step: Callable[[np.ndarray, torch.Tensor, torch.Tensor], None],
@@ -182,7 +202,9 @@ def run_batches(
     writing nulls.
 
     ``step`` must have no side effect before its forward pass succeeds.
+    ``pad_multiple=None``: the device's default (:func:`pad_multiple_for`).
     """
+    pad_multiple = pad_multiple_for(pad_multiple, device)
     lengths = np.fromiter((len(s) for s in segments), dtype=np.int64, count=len(segments))
     order = np.argsort(-lengths, kind="stable")
     sorted_lengths = lengths[order]
