@@ -76,7 +76,7 @@ class EncodeConfig(_Section):
     stride: Optional[int] = None  # window overlap in tokens; None: the encoder's default
     long_policy: Literal["window", "truncate"] = "window"
     max_tokens: Optional[int] = Field(default=None, gt=0)  # token budget per batch; None: by device
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     embedding_dtype: Literal["float32", "float16"] = "float32"
     compile: bool = False
     # Deprecated, no effect: pytorch_model.bin loads weights-only by default; full unpickling
