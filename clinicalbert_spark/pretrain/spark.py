@@ -8,7 +8,6 @@ number of partitions or executors.
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Optional, Sequence
 
@@ -104,24 +103,12 @@ def instance_stats(instances: DataFrame, mask_id: int) -> dict:
     return out
 
 
-def write_text(spark, path: str, text: str) -> None:
-    """Write a small text file through Hadoop's FileSystem (local, HDFS, S3 alike)."""
-    jvm = spark.sparkContext._jvm
-    jpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    stream = fs.create(jpath, True)
-    try:
-        stream.write(bytearray(text.encode("utf-8")))
-    finally:
-        stream.close()
-
-
-def read_text(spark, path: str) -> str:
-    return "\n".join(r.value for r in spark.read.text(path, wholetext=True).collect())
-
-
 def write_manifest(spark, output: str, manifest: dict) -> str:
     """``<output>/_manifest.json`` (Spark and pyarrow skip ``_`` files when reading)."""
-    path = output.rstrip("/") + "/_manifest.json"
-    write_text(spark, path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return path
+    from ..state import _write_json_atomic, local_path
+
+    # Written by this process (no py4j: the same over Spark Connect), atomically, on the local
+    # or mounted file system that the project's tables use.
+    path = local_path(output.rstrip("/")) / "_manifest.json"
+    _write_json_atomic(path, manifest)
+    return str(path)
