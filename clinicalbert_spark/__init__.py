@@ -10,7 +10,7 @@ See :mod:`clinicalbert_spark.api`. The library is layered as the data flows:
 torch), :mod:`clinicalbert_spark.spark` (thin Spark glue), :mod:`clinicalbert_spark.pipeline`
 (the incremental run) and :mod:`clinicalbert_spark.state` (table state).
 """
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = ["segment_notes", "embed", "predict", "encoder_udf", "DEFAULT_MODEL"]
 

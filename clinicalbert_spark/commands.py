@@ -76,6 +76,14 @@ def _sentences_with_text(spark, cfg: PipelineConfig, notes_path: str | None):
                          "pass --notes PATH so the text is re-read from the notes")
     return sentences
 
+def _with_precision(spark, cfg: PipelineConfig, stage: str) -> PipelineConfig:
+    """``cfg`` with ``encode.precision`` resolved on an executor (what the rows record)."""
+    from .spark.encode import executor_precisions
+
+    mode = executor_precisions(spark, cfg.encode)[stage]
+    return cfg.model_copy(update={"encode": cfg.encode.model_copy(update={"precision": mode})})
+
+
 def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     from .spark.encode import STATS_COLUMNS, embed_sentences, sum_stats
 
@@ -89,6 +97,7 @@ def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
     sentences = _sentences_with_text(spark, cfg, notes_path)
     t0 = time.perf_counter()
+    cfg = _with_precision(spark, cfg, "embed")
     emb = embed_sentences(sentences, cfg.encode, cfg.spark.partitions)
     emb = emb.withColumn("fingerprint", F.lit(fingerprint("embeddings", embed_settings(cfg))))
     emb = emb.persist(StorageLevel.MEMORY_AND_DISK)
@@ -101,7 +110,8 @@ def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     st = sum_stats(emb)
     n, tok = a["n"] or 0, a["tok"] or 0
     print_summary("embed_sentences summary", {
-        "run id": run_id, "model": cfg.encode.model, "sentences": n,
+        "run id": run_id, "model": cfg.encode.model, "precision": cfg.encode.precision,
+        "sentences": n,
         "rows without usable text (null vector)": a["bad"] or 0, "tokens": tok,
         "windows": a["win"] or 0, "truncated": a["tr"] or 0,
         "padding efficiency": f"{tok / max(st['padded_tokens'], 1):.3f}",
@@ -124,6 +134,7 @@ def predict_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
     sentences = _sentences_with_text(spark, cfg, notes_path)
     t0 = time.perf_counter()
+    cfg = _with_precision(spark, cfg, "predict")
     preds = predict_sentences(sentences, model, revision, cfg.predict, cfg.encode,
                               cfg.spark.partitions)
     preds = preds.persist(StorageLevel.MEMORY_AND_DISK)

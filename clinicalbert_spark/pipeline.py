@@ -100,6 +100,7 @@ class Pipeline:
         self.fingerprints: dict[str, dict] = {}
         self._persisted: list[DataFrame] = []
         self._notes: io.Notes | None = None
+        self._precisions: dict | None = None
 
     # ---------------------------------------------------------------- helpers
     def _persist(self, df: DataFrame) -> DataFrame:
@@ -130,8 +131,17 @@ class Pipeline:
     def segment_fingerprint(self) -> str:
         return self._fp("sentences", segment_settings(self.cfg))
 
+    def encode_cfg(self, stage: str = "embed"):
+        """``cfg.encode`` with ``precision`` resolved where the executors run (``"auto"`` is
+        not what determines a vector; the mode is): passed to the tasks and fingerprinted."""
+        if self._precisions is None:
+            from .spark.encode import executor_precisions
+
+            self._precisions = executor_precisions(self.spark, self.cfg.encode)
+        return self.cfg.encode.model_copy(update={"precision": self._precisions[stage]})
+
     def embed_fingerprint(self) -> str:
-        settings = embed_settings(self.cfg)
+        settings = embed_settings(self.cfg.model_copy(update={"encode": self.encode_cfg()}))
         self.stats.model, self.stats.model_revision = settings["model"], settings["revision"]
         return self._fp("embeddings", settings)
 
@@ -142,7 +152,7 @@ class Pipeline:
         return self._fp("predictions", {
             "model": model_id, "revision": revision, "task": p.task, "top_k": p.top_k,
             "max_length": e.max_length, "stride": e.stride, "long_policy": e.long_policy,
-            "precision": e.precision})
+            "precision": self.encode_cfg("predict").precision})
 
     # ---------------------------------------------------------------- stages
     def segment(self) -> None:
@@ -257,7 +267,7 @@ class Pipeline:
         todo, stale = self._sentences_todo("embeddings", fp)
         todo = self._with_text(todo)
         t0 = time.perf_counter()
-        emb = embed_sentences(todo, self.cfg.encode, self.cfg.spark.partitions)
+        emb = embed_sentences(todo, self.encode_cfg(), self.cfg.spark.partitions)
         emb = self._persist(emb.withColumn("fingerprint", F.lit(fp)))
         agg = emb.agg(F.count("*").alias("n"), F.sum("n_tokens").alias("tok"),
                       F.sum("n_windows").alias("win"),
@@ -287,7 +297,7 @@ class Pipeline:
         todo = self._with_text(todo)
         model, revision = self.cfg.predict_model()
         preds = self._persist(predict_sentences(
-            todo, model, revision, self.cfg.predict, self.cfg.encode,
+            todo, model, revision, self.cfg.predict, self.encode_cfg("predict"),
             self.cfg.spark.partitions).withColumn("fingerprint", F.lit(fp)))
         preds.count()
         res = self.store.commit(spec, preds, stale, replace_all=self.full)

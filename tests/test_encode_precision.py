@@ -160,3 +160,12 @@ def test_zero_rows_and_bad_shapes():
         row_cosines(v, v[:3])
     with pytest.raises(ValueError):
         nn_overlap(v, v, k=4)  # needs k < n
+
+
+def test_int8_is_an_embeddings_mode_task_heads_run_fp32():
+    from clinicalbert_spark.encode.device import resolve_precision
+
+    # One encode.precision serves embed and predict stages: heads are not int8.
+    assert resolve_precision("int8", torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError):
+        resolve_precision("int4", torch.device("cpu"))

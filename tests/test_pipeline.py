@@ -163,3 +163,25 @@ def test_attach_text_counts_code_points_like_python(spark):
     notes = spark.createDataFrame([("n", "h", note)], "note_id STRING, note_hash STRING, text STRING")
     got = [r.text for r in attach_text(sents, notes).orderBy("sentence_index").collect()]
     assert got == [note[s:e] if i != 1 else "kept" for i, (s, e) in enumerate(spans)]
+
+
+def test_precision_auto_is_recorded_as_the_mode_the_executors_ran(spark, tiny_bert, notes_csv,
+                                                                    tmp_path):
+    import json
+
+    from clinicalbert_spark.encode import resolve_encode_precision
+
+    ran = resolve_encode_precision("auto", "cpu")  # local mode: the executor is this machine
+    root = tmp_path / "out"
+    stages = ["segment", "embed"]
+    r1 = Pipeline(_cfg(notes_csv, root, tiny_bert, "r1", stages=stages), spark).run()
+    fps = json.loads(_table(root, "runs", "parquet").fingerprints[0])
+    assert fps["embeddings"]["settings"]["precision"] == ran != "auto"
+    # The explicit mode "auto" ran in gives the same vectors: nothing is re-encoded...
+    cfg = _cfg(notes_csv, root, tiny_bert, "r2", stages=stages)
+    cfg.encode.precision = ran
+    assert Pipeline(cfg, spark).run()["sentences_embedded"] == 0
+    # ...another mode re-encodes every sentence.
+    cfg = _cfg(notes_csv, root, tiny_bert, "r3", stages=stages)
+    cfg.encode.precision = "fp32" if ran != "fp32" else "bf16"
+    assert Pipeline(cfg, spark).run()["sentences_embedded"] == r1["sentences"]

@@ -128,8 +128,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     on CPU: task heads (fill-mask scores, labels) are not covered by the
     embedding fidelity gate, so they stay exact on CPU. Explicit values are
     honoured on any device. Sentence embeddings use
-    :func:`resolve_encode_precision` instead (``"auto"`` is fast on CPU too).
+    :func:`resolve_encode_precision` instead (``"auto"`` is fast on CPU too). ``"int8"``
+    (an embeddings mode) is fp32 here, so one ``encode.precision`` serves both stages.
     """
+    if precision == "int8":
+        return torch.float32
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
     if precision == "fp32":

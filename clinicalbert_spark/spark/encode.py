@@ -61,6 +61,46 @@ def _task_device(prefer: str):
     return resolve_device(prefer)
 
 
+def _probe_precisions(device: str):
+    """mapInPandas body: the modes ``"auto"`` resolves to on the executor that runs it."""
+    def probe(batches):
+        import torch
+
+        from ..encode import resolve_device, resolve_encode_precision
+        from ..encode.device import resolve_precision
+
+        for _ in batches:
+            pass
+        dev = resolve_device(device)
+        head = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
+            resolve_precision("auto", dev)]
+        yield pd.DataFrame({"embed": [resolve_encode_precision("auto", dev)],
+                            "predict": [head], "device": [dev.type]})
+    return probe
+
+
+def executor_precisions(spark, cfg: EncodeConfig) -> dict:
+    """The numeric modes the executors will run ``cfg.precision`` in: ``{"embed": ...,
+    "predict": ...}`` with values ``fp32|bf16|fp16|int8``.
+
+    ``"auto"`` depends on the executor's hardware (GPU, CPU with AMX or not), not the
+    driver's, so it is resolved by one small task on an executor; the stages then pass the
+    explicit mode to every task (one mode for the whole run, whatever the executors' mix)
+    and record it in the tables' fingerprints and in ``runs``. Task heads do not run int8
+    (their scores are not covered by the embedding fidelity gate): ``int8`` is ``fp32`` for
+    ``predict``.
+    """
+    if cfg.precision != "auto":
+        return {"embed": cfg.precision,
+                "predict": "fp32" if cfg.precision == "int8" else cfg.precision}
+    row = (spark.range(1, numPartitions=1)
+           .mapInPandas(_probe_precisions(cfg.device), "embed string, predict string, device string")
+           .first())
+    log.info("encode precision auto: %s for embeddings, %s for task heads (executor device %s)",
+             row["embed"], row["predict"], row["device"])
+    return {"embed": row["embed"], "predict": row["predict"]}
+
+
 def get_encoder(cfg: EncodeConfig):
     """The worker's cached SentenceEncoder for this config and device (loaded at most once)."""
     from ..encode import SentenceEncoder, get_cached, load_model
