@@ -604,6 +604,30 @@ def delta_rs_commit(table: Path, data_rel: str, schema: T.StructType, partition_
             log.warning("Delta commit to %s raced another commit; retrying", table)
 
 
+def root_format(root: str) -> str:
+    """``delta`` when the tables under an output root are Delta tables, else ``parquet``."""
+    base = local_path(root.rstrip("/"))
+    return "delta" if any((base / t / "_delta_log").is_dir() for t in TABLES) else "parquet"
+
+
+def write_run_row(spark: SparkSession, root: str, fmt: str, row: dict,
+                  wait_s: float = 0.0, stale_s: float = 600.0) -> None:
+    """Add one row (:data:`~clinicalbert_spark.schemas.RUNS`) to the ``runs`` table under
+    ``root``, replacing the row of the same ``(run_id, stages)``, holding the root's lock
+    (``wait_s``: how long to wait for a run that holds it). For jobs that write no other table
+    under the root (training); the pipeline writes its own rows as it runs."""
+    from .schemas import RUNS, SPECS
+
+    store = TableStore(spark, root, fmt, row["run_id"])
+    lock = store.acquire(row["stages"], wait_s, stale_s)
+    try:
+        df = spark.createDataFrame([row], RUNS).drop("run_id")
+        store.commit(SPECS["runs"], df,
+                     df.select("stages").withColumn("run_id", F.lit(row["run_id"])))
+    finally:
+        lock.release()
+
+
 def write_table(df: DataFrame, path: str, fmt: str = "parquet", mode: str = "overwrite") -> None:
     """A single-stage job's output: one unpartitioned table at ``path``.
 

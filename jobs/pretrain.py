@@ -5,12 +5,15 @@ jobs/make_pretraining_data.py, with the Bio_ClinicalBERT recipe's defaults (batc
 linear warmup + decay), safetensors checkpoints every --save-every steps under DIR and exact
 resume from the latest one. --processes N > 1 trains with pyspark's TorchDistributor (gloo on
 CPU, NCCL on GPU; --cluster to spread over the executors instead of the driver). Held-out
-masked-token loss and accuracy before and after go to DIR/run_summary.json (docs/training.md).
+masked-token loss and accuracy before and after go to DIR/run_summary.json and, with
+--runs-root ROOT, to a row of the runs table under ROOT (docs/training.md).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+from clinicalbert_spark.pretrain.cli import add_training_args
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,28 +24,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--revision")
     p.add_argument("--output", required=True, help="checkpoints and run_summary.json")
     p.add_argument("--max-steps", type=int, default=150_000)
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per optimizer step")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="default min(10000, 10%% of --max-steps)")
-    p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--save-every", type=int, default=10_000)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--heldout-fraction", type=float, default=0.01,
                    help="share of notes held out (by a hash of the note id)")
     p.add_argument("--eval-instances", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints under --output")
     p.add_argument("--stop-at-step", type=int, default=None,
                    help="stop there (the schedule still spans --max-steps); resume later")
-    p.add_argument("--processes", type=int, default=1)
-    p.add_argument("--cluster", action="store_true",
-                   help="TorchDistributor on the executors (default: on the driver)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per process (TorchDistributor)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    p.add_argument("--master", default=None)
+    add_training_args(p, batch_size=32, lr=5e-5)
     return p
 
 
@@ -63,42 +55,41 @@ def body(a: argparse.Namespace) -> int:
     from clinicalbert_spark.commands import print_summary
     from clinicalbert_spark.errors import ConfigError, InputError
     from clinicalbert_spark.models import preflight
+    from clinicalbert_spark.pretrain.cli import RunRecord, check_launch, launch
     from clinicalbert_spark.pretrain.train import TrainSettings, distributed_main, train
 
     instances, output = io.absolute(a.instances), io.absolute(a.output)
     if "://" not in instances and not Path(instances).exists():
         raise InputError(f"input not found: {instances}")
-    if a.processes < 1:
-        raise ConfigError("--processes must be >= 1")
+    check_launch(a)
     s = settings_of(a, preflight(a.model, a.revision), instances, output)
     try:
         TrainSettings(**s).check()
     except ValueError as e:
         raise ConfigError(f"invalid settings: {e}") from None
-    if a.batch_size % (a.processes * a.grad_accum):
-        raise ConfigError(f"--batch-size {a.batch_size} must be a multiple of --processes x "
-                          f"--grad-accum ({a.processes * a.grad_accum})")
-    if a.processes == 1 and not a.cluster:
-        summary = train(s)
-    else:
-        from pyspark.ml.torch.distributor import TorchDistributor
-
-        from clinicalbert_spark.config import SparkConfig
-        from clinicalbert_spark.spark.session import get_spark
-
-        get_spark(SparkConfig(master=a.master, app_name="pretrain"))
-        if a.threads is None and not a.gpu:
-            s["threads"] = 1
-        summary = TorchDistributor(num_processes=a.processes, local_mode=not a.cluster,
-                                   use_gpu=a.gpu).run(distributed_main, s)
+    record = RunRecord(a, "pretrain")
+    try:
+        summary = launch(train, distributed_main, a, "pretrain", s)
+    except BaseException:
+        record.write_failed(a.model, a.revision, s)
+        raise
     b, f = summary["heldout_before"], summary["heldout_after"]
+    row = record.write(
+        "succeeded", a.model, a.revision, s,
+        checkpoint={"path": summary["checkpoint"], "fingerprint": None,
+                    "settings": summary["settings"],
+                    "metrics": {"heldout_before": b, "heldout_after": f,
+                                "steps": summary["steps"], "finished": summary["finished"]}},
+        input_records=summary["train_instances"] + summary["heldout_instances"],
+        tokens=summary["tokens"], seconds=summary["train_seconds"])
     print_summary("pretrain summary", {
         "steps": f"{summary['steps']} of {a.max_steps}", "processes": summary["processes"],
         "device": summary["device"] + (" (bf16)" if summary["bf16"] else ""),
         "held-out loss": f"{b['loss']:.4f} -> {f['loss']:.4f}",
         "held-out accuracy": f"{b['accuracy']:.4f} -> {f['accuracy']:.4f}",
         "tokens/s": summary["tokens_per_s"], "checkpoint": summary["checkpoint"],
-        "run summary": f"{output}/run_summary.json"})
+        "run summary": f"{output}/run_summary.json",
+        **({"runs row": f"{record.root}/runs (run id {row['run_id']})"} if row else {})})
     return 0
 
 

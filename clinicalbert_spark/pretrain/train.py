@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .ddp import Process, accumulated_step, adamw, micro_batch, start_process
 
 log = logging.getLogger("clinicalbert_spark.pretrain")
 
@@ -203,28 +204,25 @@ def mlm_logits(model, batch):
     return out[keep], full[keep]
 
 
-def evaluate(model, data: Arrays, device, batch: int, rank: int, world: int, autocast) -> dict:
+def evaluate(model, data: Arrays, proc: Process, batch: int) -> dict:
     """Held-out masked-token loss and accuracy (sums all-reduced over the processes)."""
     import torch
     import torch.nn.functional as Fn
 
     core = model.module if hasattr(model, "module") else model
     core.eval()
-    loss_sum = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
-    idx = np.arange(rank, len(data), world)
+    loss_sum = torch.zeros(3, dtype=torch.float64, device=proc.device)  # loss, correct, count
+    idx = np.arange(proc.rank, len(data), proc.world)
     with torch.no_grad():
         for s in range(0, len(idx), batch):
-            b = to_batch(data.take(idx[s:s + batch]), device)
-            with autocast():
+            b = to_batch(data.take(idx[s:s + batch]), proc.device)
+            with proc.autocast():
                 logits, labels = mlm_logits(core, b)
             logits = logits.float()
             loss_sum[0] += Fn.cross_entropy(logits, labels, reduction="sum").double()
             loss_sum[1] += (logits.argmax(-1) == labels).sum().double()
             loss_sum[2] += labels.numel()
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(loss_sum)
+    proc.all_sum(loss_sum)
     core.train()
     n = max(loss_sum[2].item(), 1.0)
     return {"loss": loss_sum[0].item() / n, "accuracy": loss_sum[1].item() / n,
@@ -248,9 +246,10 @@ def latest_checkpoint(output: str) -> Optional[Path]:
 
 
 def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, state: dict,
-                    rank: int, world: int) -> None:
+                    proc: Process) -> None:
     import torch
 
+    rank = proc.rank
     if rank == 0:
         tmp = path.with_name(path.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
@@ -259,12 +258,12 @@ def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, state: d
         tokenizer.save_pretrained(str(tmp))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    _barrier(world)
+    proc.barrier()
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                tmp / f"rng_rank{rank}.pt")
-    _barrier(world)
+    proc.barrier()
     if rank == 0:  # trainer_state.json last: its presence marks a complete checkpoint
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         if path.exists():
@@ -272,62 +271,21 @@ def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, state: d
 
             shutil.rmtree(path)
         tmp.rename(path)
-    _barrier(world)
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-
-
-def _dist_env() -> tuple[int, int, int]:
-    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-            int(os.environ.get("LOCAL_RANK", "0")))
+    proc.barrier()
 
 
 def train(settings: dict | TrainSettings) -> dict:
     """Train; returns the run summary (also written to ``<output>/run_summary.json``)."""
-    import contextlib
-
     import torch
     import torch.nn.functional as Fn
     from transformers import AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
 
     s = settings if isinstance(settings, TrainSettings) else TrainSettings(**settings)
     s.check()
-    rank, world, local_rank = _dist_env()
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
+    proc = start_process(s.threads, s.bf16)
+    rank, world, device = proc.rank, proc.world, proc.device
     per_step = s.batch_size
-    if per_step % (world * s.grad_accum):
-        raise ValueError(f"batch_size {per_step} is not a multiple of processes ({world}) x "
-                         f"grad_accum ({s.grad_accum})")
-    micro = per_step // (world * s.grad_accum)
-    use_bf16 = s.bf16 == "on" or (s.bf16 == "auto" and cuda)
-    if use_bf16 and cuda:
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-    elif use_bf16:
-        def autocast():
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-    else:
-        def autocast():
-            return contextlib.nullcontext()
+    micro = micro_batch(per_step, world, s.grad_accum)
 
     out = Path(s.output)
     ckpt = latest_checkpoint(s.output) if s.resume else None
@@ -339,13 +297,7 @@ def train(settings: dict | TrainSettings) -> dict:
     torch.manual_seed(s.seed)  # the same fresh head on every rank
     model = AutoModelForMaskedLM.from_pretrained(str(ckpt) if ckpt else s.model).to(device)
     model.train()
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    params = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-         "weight_decay": s.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
-         "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(params, lr=s.lr, eps=s.adam_eps)
+    opt = adamw(model, s.lr, s.weight_decay, s.adam_eps)
     sched = get_linear_schedule_with_warmup(opt, s.warmup, s.max_steps)
     state = {"step": 0, "losses": [], "heldout_before": None, "seconds": 0.0, "tokens": 0}
     if ckpt is not None:
@@ -355,17 +307,12 @@ def train(settings: dict | TrainSettings) -> dict:
         state = json.loads((ckpt / "trainer_state.json").read_text())
         rng = torch.load(ckpt / f"rng_rank{rank}.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
-        if cuda and rng["cuda"]:
+        if proc.cuda and rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
-    ddp = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ddp = DDP(model, device_ids=[local_rank] if cuda else None)
+    ddp = proc.wrap(model)
     eval_batch = max(micro, 32)
     if state["heldout_before"] is None:
-        state["heldout_before"] = evaluate(model, heldout, device, eval_batch, rank, world,
-                                           autocast)
+        state["heldout_before"] = evaluate(model, heldout, proc, eval_batch)
     if ckpt is None:
         torch.manual_seed(s.seed + 1000 + rank)  # dropout streams differ per rank
     stop = min(s.max_steps, s.stop_at_step or s.max_steps)
@@ -373,32 +320,22 @@ def train(settings: dict | TrainSettings) -> dict:
     start_step = state["step"]
     tokens = 0
     window: list[float] = []
+
+    def loss_of(b):
+        with proc.autocast():
+            logits, labels = _ddp_logits(ddp, model, b)
+        return Fn.cross_entropy(logits.float(), labels)
+
     for step in range(start_step, stop):
         g = global_indices(step, per_step, len(train_data), s.seed)
-        step_loss = torch.zeros((), device=device)
-        for a in range(s.grad_accum):
-            sl = g[(a * world + rank) * micro:(a * world + rank + 1) * micro]
-            b = to_batch(train_data.take(sl), device)
-            tokens += int(b["attention_mask"].sum())
-            sync = contextlib.nullcontext() if (world == 1 or a == s.grad_accum - 1) \
-                else ddp.no_sync()
-            with sync:
-                with autocast():
-                    logits, labels = _ddp_logits(ddp, model, b)
-                loss = Fn.cross_entropy(logits.float(), labels) / s.grad_accum
-                loss.backward()
-            step_loss += loss.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(step_loss)
-            step_loss /= world
-        state["losses"].append([step + 1, round(float(step_loss), 6)])
-        window.append(float(step_loss))
+        batches = [to_batch(train_data.take(g[(a * world + rank) * micro:
+                                              (a * world + rank + 1) * micro]), device)
+                   for a in range(s.grad_accum)]
+        tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+        step_loss = accumulated_step(proc, ddp, model, batches, loss_of, opt, sched,
+                                     s.max_grad_norm)
+        state["losses"].append([step + 1, round(step_loss, 6)])
+        window.append(step_loss)
         state["step"] = step + 1
         if rank == 0 and ((step + 1) % s.log_every == 0 or step + 1 == stop):
             log.info("step %d/%d loss %.4f lr %.2e", step + 1, s.max_steps,
@@ -409,30 +346,27 @@ def train(settings: dict | TrainSettings) -> dict:
             state["tokens"] = state.get("tokens", 0) + tokens * world
             t0, tokens = time.perf_counter(), 0
             save_checkpoint(out / f"{CHECKPOINT_PREFIX}{step + 1}", ddp, tok, opt, sched,
-                            state, rank, world)
-    after = evaluate(model, heldout, device, eval_batch, rank, world, autocast)
+                            state, proc)
+    after = evaluate(model, heldout, proc, eval_batch)
     secs = state.get("seconds", 0.0) + time.perf_counter() - t0
     toks = state.get("tokens", 0) + tokens * world
     summary = {
         "settings": {k: v for k, v in asdict(s).items() if k != "extra"},
         "warmup_steps": s.warmup, "processes": world, "micro_batch": micro,
-        "device": "cuda" if cuda else "cpu", "bf16": use_bf16,
+        "device": "cuda" if proc.cuda else "cpu", "bf16": proc.bf16,
         "resumed_from": str(ckpt) if ckpt else None, "steps": state["step"],
         "finished": state["step"] >= s.max_steps,
         "train_instances": len(train_data), "heldout_instances": len(heldout),
         "heldout_before": state["heldout_before"], "heldout_after": after,
-        "train_seconds": round(secs, 2), "tokens_per_s": round(toks / max(secs, 1e-9), 1),
+        "train_seconds": round(secs, 2), "tokens": toks,
+        "tokens_per_s": round(toks / max(secs, 1e-9), 1),
         "losses": state["losses"],
         "checkpoint": str(out / f"{CHECKPOINT_PREFIX}{state['step']}"),
     }
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_summary.json").write_text(json.dumps(summary, indent=1))
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+    proc.finish()
     return summary
 
 
