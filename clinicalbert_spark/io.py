@@ -154,14 +154,21 @@ class Notes:
     rejects: DataFrame  # REJECTS_SCHEMA
 
 
-def _read_csv(spark: SparkSession, cfg: InputConfig) -> csv_source.CsvLayout:
-    """The files and header row of a CSV input (the records are read by :func:`read_notes`).
+def _csv_with_header(path: str, encoding: str) -> csv_source.CsvLayout:
+    """The files and header row of a CSV input (the records are read by :func:`read_notes`
+    and :func:`read_columns`); a header row is required.
 
     CSV notes are read with Python's csv module (:mod:`clinicalbert_spark.csv_source`), not
     Spark's CSV reader, which rewrites ``\\r\\n`` inside quoted text of a Windows export and
     cannot tell a stored U+FFFD from an undecodable byte.
     """
-    return csv_source.csv_layout(cfg.path, cfg.encoding)
+    layout = csv_source.csv_layout(path, encoding)
+    if layout.header is None:
+        raise InputError(
+            f"the first line of CSV input {layout.files[0]} is not a header row (it has "
+            f"{layout.header_fields} fields and ends inside quotes, holds undecodable bytes "
+            "or is over 1 MB); a header row naming the columns is required")
+    return layout
 
 
 def read_table(spark: SparkSession, path: str, fmt: str = "auto") -> DataFrame:
@@ -275,29 +282,32 @@ def _missing_columns_message(missing: list[str], names: list[str], fmt: str) -> 
             f"(not all look like names). {fix}")
 
 
+def match_column(names: list[str], want: str, setting: str) -> int | None:
+    """Position of column ``want`` among ``names``: the exact name, else the one name that
+    differs from it only by case; None when there is none. ``setting`` (the flag or key that
+    named it) is quoted when the name is ambiguous."""
+    exact = [i for i, n in enumerate(names) if n == want]
+    if len(exact) > 1:
+        raise InputError(f"{setting} {want!r} names {len(exact)} columns of the input; "
+                         "column names must be unique")
+    if exact:
+        return exact[0]
+    folded = [i for i, n in enumerate(names) if n.casefold() == want.casefold()]
+    if len(folded) > 1:
+        which = _shown([names[i] for i in folded]) if _look_like_names(names) else (
+            f"{len(folded)} columns")
+        raise InputError(f"{setting} {want!r} matches columns that differ only by case "
+                         f"({which}); set {setting} to one of them exactly")
+    return folded[0] if folded else None
+
+
 def _resolve_columns(names: list[str], cfg: InputConfig, fmt: str) -> dict[str, int | None]:
     """Position of each configured column: the exact name first, else the one column whose
     name differs only by case. A configured optional column that is absent is logged once."""
     found: dict[str, int | None] = {}
     for role, key, _required, _out in _ROLES:
         want = getattr(cfg, key)
-        if not want:
-            found[role] = None
-            continue
-        exact = [i for i, n in enumerate(names) if n == want]
-        if len(exact) > 1:
-            raise InputError(f"input.{key} {want!r} names {len(exact)} columns of the input; "
-                             "column names must be unique")
-        if exact:
-            found[role] = exact[0]
-            continue
-        folded = [i for i, n in enumerate(names) if n.casefold() == want.casefold()]
-        if len(folded) > 1:
-            which = _shown([names[i] for i in folded]) if _look_like_names(names) else (
-                f"{len(folded)} columns")
-            raise InputError(f"input.{key} {want!r} matches columns that differ only by case "
-                             f"({which}); set input.{key} to one of them exactly")
-        found[role] = folded[0] if folded else None
+        found[role] = match_column(names, want, f"input.{key}") if want else None
     missing = [getattr(cfg, key) for role, key, required, _ in _ROLES
                if required and found[role] is None]
     if missing:
@@ -464,12 +474,7 @@ def read_notes(spark: SparkSession, cfg: InputConfig) -> Notes:
         raise InputError(f"input not found: {cfg.path}")
     fmt = cfg.format if cfg.format != "auto" else infer_format(cfg.path, spark)
     if fmt == "csv":
-        layout = _read_csv(spark, cfg)
-        if layout.header is None:
-            raise InputError(
-                f"the first line of CSV input {layout.files[0]} is not a header row (it has "
-                f"{layout.header_fields} fields and ends inside quotes, holds undecodable bytes "
-                "or is over 1 MB); a header row naming the columns is required")
+        layout = _csv_with_header(cfg.path, cfg.encoding)
         names = layout.header
         cols = _resolve_columns(names, cfg, fmt)
         df = csv_source.read_csv_frame(  # only the columns used are read on and checked
@@ -495,6 +500,54 @@ def notes_from_frame(raw: DataFrame, cfg: InputConfig, fmt: str = "dataframe") -
     # Arrival order within the corpus; it decides which of two duplicate ids is kept.
     return _split_notes(df, names, types, cols, cfg, fmt, status=F.lit(None).cast("string"),
                         source_row=F.monotonically_increasing_id())
+
+
+BAD_RECORD_COLUMN = "_bad_record"
+
+
+def read_columns(spark: SparkSession, path: str, fmt: str, columns: dict[str, str],
+                 what: str, hint: str, encoding: str = "UTF-8",
+                 strings: bool = False) -> DataFrame:
+    """Some columns of any table (CSV, Parquet, Delta, catalog table), named by their roles.
+
+    ``columns`` maps a role (the output column) to the column that holds it, found as
+    :func:`match_column` finds it; a missing one is one :class:`InputError` line naming the
+    columns there are (``what``: the input's name in the message, ``hint``: the flags that
+    name columns). CSV is read like CSV notes (exact text, every value a string, an empty
+    field null); :data:`BAD_RECORD_COLUMN` is ``malformed_record`` / ``invalid_utf8`` for a
+    CSV record the reader could not use, else null. Other formats keep their column types,
+    or with ``strings`` become strings as note ids do (an integral float id is ``"101"``).
+    """
+    if fmt != "table" and _is_local(path) and not _local(path).exists():
+        raise InputError(f"input not found: {path}")
+    if fmt == "auto":
+        fmt = infer_format(path, spark)
+    layout = None
+    if fmt == "csv":
+        layout = _csv_with_header(path, encoding)
+        names = layout.header
+    else:
+        raw = read_input_table(spark, path, fmt)
+        names = raw.columns
+    found = {role: match_column(names, want, f"the {what} input's {role} column")
+             for role, want in columns.items()}
+    missing = [columns[r] for r, i in found.items() if i is None]
+    if missing:
+        shown = (f"it has {_shown(names)}" if _look_like_names(names) else
+                 f"its {len(names)} column names are not shown (not all look like names)")
+        raise InputError(f"the {what} input lacks column(s) {missing}; {shown} ({hint})")
+    if layout is not None:
+        df = csv_source.read_csv_frame(spark, layout, [], max_field_chars=1 << 30,
+                                       select=sorted(set(found.values())))
+        bad = F.col(csv_source.STATUS_COLUMN)
+    else:
+        df = raw.toDF(*[csv_source.column_name(i) for i in range(len(names))])
+        bad = F.lit(None).cast("string")
+    types = [T.StringType()] * len(names) if layout is not None or not strings else [
+        f.dataType for f in raw.schema.fields]
+    return df.select(*[_string_of(F.col(csv_source.column_name(i)), types[i])[0].alias(r)
+                       if strings else F.col(csv_source.column_name(i)).alias(r)
+                       for r, i in found.items()], bad.alias(BAD_RECORD_COLUMN))
 
 
 def _split_notes(df: DataFrame, names: list[str], types: list[T.DataType],

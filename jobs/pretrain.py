@@ -56,7 +56,7 @@ def body(a: argparse.Namespace) -> int:
     from clinicalbert_spark.errors import ConfigError, InputError
     from clinicalbert_spark.models import preflight
     from clinicalbert_spark.pretrain.cli import RunRecord, check_launch, launch
-    from clinicalbert_spark.pretrain.train import TrainSettings, distributed_main, train
+    from clinicalbert_spark.pretrain.train import TrainSettings, train
 
     instances, output = io.absolute(a.instances), io.absolute(a.output)
     if "://" not in instances and not Path(instances).exists():
@@ -69,7 +69,7 @@ def body(a: argparse.Namespace) -> int:
         raise ConfigError(f"invalid settings: {e}") from None
     record = RunRecord(a, "pretrain")
     try:
-        summary = launch(train, distributed_main, a, "pretrain", s)
+        summary = launch(train, a, "pretrain", s)
     except BaseException:
         record.write_failed(a.model, a.revision, s)
         raise

@@ -466,8 +466,10 @@ def _from_pretrained_inner(cls, path: Path, config, **extra):
         **extra,
     )
     if _weights_format(path) == "safetensors":
-        # transformers reads the safetensors itself (memory-mapped); never a .bin.
+        # transformers reads the safetensors itself (memory-mapped); never a .bin. The config
+        # given is used (fine-tuning passes one with its own labels).
         source, kwargs["use_safetensors"] = str(path), True
+        kwargs["config"] = config
     else:
         # Pickle only: we unpickle weights-only and hand over the tensors, so transformers
         # opens no pickle. from_pretrained(None, state_dict=...) needs the concrete class

@@ -97,23 +97,23 @@ def check_launch(a: argparse.Namespace) -> None:
                           f"--grad-accum ({a.processes * a.grad_accum})")
 
 
-def launch(train: Callable, distributed: Callable, a: argparse.Namespace, app_name: str,
-           settings: dict, *args):
-    """``train(settings, *args)`` in this process, or ``distributed(settings, *args)`` in
-    ``--processes`` processes started by pyspark's TorchDistributor (on the driver, or on the
-    executors with ``--cluster``); returns rank 0's result."""
+def launch(train: Callable, a: argparse.Namespace, app_name: str, settings: dict, *args):
+    """``train(settings, *args)`` in this process, or in each of ``--processes`` processes
+    started by pyspark's TorchDistributor (on the driver, or on the executors with
+    ``--cluster``); returns rank 0's result."""
     if a.processes == 1 and not a.cluster:
         return train(settings, *args)
     from pyspark.ml.torch.distributor import TorchDistributor
 
     from ..config import SparkConfig
     from ..spark.session import get_spark
+    from .ddp import run_logged
 
     get_spark(SparkConfig(master=a.master, app_name=app_name))
     if a.threads is None and not a.gpu:
         settings = dict(settings, threads=1)
     return TorchDistributor(num_processes=a.processes, local_mode=not a.cluster,
-                            use_gpu=a.gpu).run(distributed, settings, *args)
+                            use_gpu=a.gpu).run(run_logged, train, settings, *args)
 
 
 class RunRecord:

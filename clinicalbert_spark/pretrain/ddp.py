@@ -138,3 +138,12 @@ def accumulated_step(proc: Process, ddp, model, batches: Sequence[dict],
         proc.all_sum(step_loss)
         step_loss /= proc.world
     return float(step_loss)
+
+
+def run_logged(train: Callable, *args):
+    """``train(*args)`` with INFO logging to stderr: what ``TorchDistributor.run`` starts in
+    each process (module level, so that it pickles)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return train(*args)

@@ -392,10 +392,3 @@ def _forward_ddp(ddp, batch):
     finally:
         core.forward = original
 
-
-def distributed_main(settings: dict) -> dict:
-    """Entry point for ``TorchDistributor.run`` (picklable, module level)."""
-    import logging as _logging
-
-    _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return train(settings)
