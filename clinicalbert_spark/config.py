@@ -78,6 +78,10 @@ class EncodeConfig(_Section):
     max_tokens: Optional[int] = Field(default=None, gt=0)  # token budget per batch; None: by device
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     embedding_dtype: Literal["float32", "float16"] = "float32"
+    # How the tables store each vector (clinicalbert_spark/vectors.py, docs/tables.md):
+    # float32 array, float16 packed in binary (half the bytes), or int8 + a per-vector scale
+    # (a quarter). embedding_dtype float16 only rounds the values and still stores float32.
+    vector_storage: Literal["float32", "float16", "int8"] = "float32"
     compile: bool = False
     # Deprecated, no effect: pytorch_model.bin loads weights-only by default; full unpickling
     # (code) is never allowed.

@@ -75,7 +75,9 @@ def embed_settings(cfg: PipelineConfig) -> dict:
     return {"model": model_id, "revision": revision, "pooling": e.pooling,
             "normalize": e.normalize, "max_length": e.max_length, "stride": e.stride,
             "long_policy": e.long_policy, "precision": e.precision,
-            "embedding_dtype": e.embedding_dtype}
+            "embedding_dtype": e.embedding_dtype,
+            # only when compact: float32 tables written before schema 2.2 stay current
+            **({"vector_storage": e.vector_storage} if e.vector_storage != "float32" else {})}
 
 
 class Pipeline:

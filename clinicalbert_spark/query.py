@@ -25,10 +25,17 @@ Command line::
 Cosine similarity is computed in SQL (``list_cosine_similarity``) over every embedding row:
 an exact scan, fine up to tens of millions of rows on one machine; an ANN index is a separate
 concern. Sentence text is PHI: it is only returned when the sentences table has it.
+
+Vectors in any storage format (``encode.vector_storage``: float32, float16, int8; see
+:mod:`clinicalbert_spark.vectors`) read the same: in the views this module makes, ``embedding``
+is always the float vector (a table with compact columns gets
+``SELECT * REPLACE (<decoded> AS embedding)``; float16 is decoded by ``cbs_f16(BLOB)``, a
+vectorised numpy function registered on the connection).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -71,7 +78,8 @@ def _ident(name: str) -> str:
 
 
 def register_table(con, name: str, path: str | Path, fmt: Format = "auto") -> str:
-    """Make ``path`` queryable as view ``name`` on DuckDB connection ``con``.
+    """Make ``path`` queryable as view ``name`` on DuckDB connection ``con``; in a table with
+    compact vector columns, the view's ``embedding`` is the decoded float vector.
 
     Returns the format used. Raises ``QueryError`` when the table has no data files.
     """
@@ -83,7 +91,7 @@ def register_table(con, name: str, path: str | Path, fmt: Format = "auto") -> st
         dataset = DeltaTable(str(path)).to_pyarrow_dataset()
         # A registered Arrow dataset is scanned lazily, with projection/filter pushdown.
         con.register(f"__arrow_{name}", dataset)
-        con.execute(f"CREATE OR REPLACE VIEW {_ident(name)} AS SELECT * FROM {_ident('__arrow_' + name)}")
+        source = _ident("__arrow_" + name)
     elif kind == "parquet":
         if not _parquet_files(path):
             raise QueryError(f"table {name!r}: no Parquet files under {path}")
@@ -92,13 +100,84 @@ def register_table(con, name: str, path: str | Path, fmt: Format = "auto") -> st
         partitioned = any(p.is_dir() and p.name.startswith("run_id=") for p in path.iterdir())
         glob = (path / ("run_id=*/*.parquet" if partitioned else "*.parquet")).as_posix()
         # union_by_name: files from successive runs may differ by an added nullable column.
-        con.execute(
-            f"CREATE OR REPLACE VIEW {_ident(name)} AS SELECT * FROM "
-            f"read_parquet({_sql_str(glob)}, union_by_name = true)"
-        )
+        source = f"read_parquet({_sql_str(glob)}, union_by_name = true)"
     else:
         raise QueryError(f"unknown format {fmt!r} (auto, parquet, delta)")
+    cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+    select = "*"
+    if "embedding" in cols or COMPACT_COLUMNS & set(cols):
+        register_decoders(con)
+        vec = vector_sql(cols)
+        select = (f"* REPLACE ({vec} AS embedding)" if "embedding" in cols
+                  else f"*, {vec} AS embedding")
+    con.execute(f"CREATE OR REPLACE VIEW {_ident(name)} AS SELECT {select} FROM {source}")
     return kind
+
+
+# --------------------------------------------------------------------------------------------
+# Vector storage formats (clinicalbert_spark.vectors): decoding in DuckDB
+
+#: Columns that hold a compact vector (schema 2.2); a table without them stores float32 only.
+COMPACT_COLUMNS = frozenset({"embedding_f16", "embedding_i8"})
+F16_FUNCTION = "cbs_f16"
+
+
+def _f16_to_lists(values):
+    """pyarrow BinaryArray of big-endian float16 vectors -> list<float> (nulls kept)."""
+    import numpy as np  # noqa: PLC0415
+    import pyarrow as pa  # noqa: PLC0415
+
+    from .vectors import F16  # noqa: PLC0415
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not pa.types.is_binary(values.type):
+        values = values.cast(pa.binary())
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset:values.offset + n + 1]
+    if ((offsets[1:] - offsets[:-1]) % 2).any():
+        raise QueryError("an embedding_f16 value has an odd number of bytes (not float16)")
+    data = values.buffers()[2]
+    raw = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] if data is not None else (
+        np.zeros(0, np.uint8))
+    floats = raw.view(F16).astype(np.float32)
+    return pa.ListArray.from_arrays(pa.array((offsets - offsets[0]) // 2, pa.int32()),
+                                    pa.array(floats, pa.float32()), mask=values.is_null())
+
+
+def register_decoders(con) -> None:
+    """Define ``cbs_f16(BLOB) -> FLOAT[]`` on DuckDB connection ``con`` (numpy, vectorised
+    over Arrow batches; the SQL macro in docs/sql.md computes the same, ~40x slower). Nothing
+    happens when the connection has a function of that name already."""
+    import duckdb  # noqa: PLC0415
+
+    types = getattr(duckdb, "sqltypes", None) or importlib.import_module("duckdb.typing")
+    try:
+        con.create_function(F16_FUNCTION, _f16_to_lists, [types.BLOB],
+                            duckdb.list_type(types.FLOAT), type="arrow",
+                            null_handling="special")
+    except duckdb.Error:  # already defined on this connection (by us, or as the docs' macro)
+        pass
+
+
+def vector_sql(columns: Iterable[str], alias: str | None = None) -> str:
+    """A DuckDB expression for the float vector of a row of a table with ``columns``:
+    ``embedding``, ``embedding_f16`` (needs :func:`register_decoders`) or ``embedding_i8 *
+    embedding_scale``, whichever the row has.
+
+    ``embedding`` is copied (``[x FOR x IN embedding]``): DuckDB 2.0's list distance functions
+    refuse a Parquet list column that holds a null list (a row without a vector) anywhere in
+    the scanned vector, even when the row is filtered out; the copy holds no such entry."""
+    p = f"{_ident(alias)}." if alias else ""
+    cols = set(columns)
+    whens = []
+    if "embedding_f16" in cols:
+        whens.append(f"WHEN {p}embedding_f16 IS NOT NULL THEN {F16_FUNCTION}({p}embedding_f16)")
+    if {"embedding_i8", "embedding_scale"} <= cols:
+        whens.append(f"WHEN {p}embedding_i8 IS NOT NULL "
+                     f"THEN [x * {p}embedding_scale FOR x IN {p}embedding_i8]")
+    base = f"[x FOR x IN {p}embedding]" if "embedding" in cols else "NULL::FLOAT[]"
+    return f"CASE {' '.join(whens)} ELSE {base} END" if whens else base
 
 
 def find_tables(root: str | Path) -> dict[str, Path]:
@@ -159,14 +238,22 @@ class EmbeddingSpace:
     pooling: str
     dim: int
     rows: int
+    #: How its vectors are stored (``vector_format``; rows written before schema 2.2: float32).
+    #: Formats compare with each other: the vectors are decoded before scoring.
+    formats: tuple[str, ...] = ("float32",)
 
 
 def embedding_spaces(con, table: str = "embeddings") -> list[EmbeddingSpace]:
+    cols = {r[0] for r in con.execute(f"DESCRIBE {_ident(table)}").fetchall()}
+    fmts = ("list(DISTINCT coalesce(vector_format, 'float32') ORDER BY "
+            "coalesce(vector_format, 'float32'))" if "vector_format" in cols else "['float32']")
     rows = con.execute(
-        f"SELECT model, any_value(model_revision), pooling, dim, count(*) FROM {_ident(table)} "
+        f"SELECT model, any_value(model_revision), pooling, dim, count(*), {fmts} "
+        f"FROM {_ident(table)} "
         "GROUP BY model, pooling, dim ORDER BY count(*) DESC"
     ).fetchall()
-    return [EmbeddingSpace(m, r, p, int(d), int(n)) for m, r, p, d, n in rows]
+    return [EmbeddingSpace(m, r, p, int(d), int(n), tuple(f))
+            for m, r, p, d, n, f in rows]
 
 
 def _pick_space(spaces: Sequence[EmbeddingSpace], model: str | None, pooling: str | None,
@@ -176,7 +263,8 @@ def _pick_space(spaces: Sequence[EmbeddingSpace], model: str | None, pooling: st
             and (pooling is None or s.pooling == pooling)
             and (dim is None or s.dim == dim)]
     if not cand:
-        have = ", ".join(f"{s.model} [{s.pooling}, dim {s.dim}, {s.rows} rows]" for s in spaces)
+        have = ", ".join(f"{s.model} [{s.pooling}, dim {s.dim}, {'/'.join(s.formats)}, "
+                         f"{s.rows} rows]" for s in spaces)
         want = ", ".join(f"{k}={v}" for k, v in
                          (("model", model), ("pooling", pooling), ("dim", dim)) if v is not None)
         raise QueryError(f"no embeddings match {want or 'the query'}; the table has: {have or 'no rows'}")

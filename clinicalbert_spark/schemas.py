@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import types as T
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 PARTITION_COLUMN = "run_id"
 
 S, I, L, D = T.StringType(), T.IntegerType(), T.LongType(), T.DoubleType()
@@ -45,12 +45,21 @@ SENTENCES = T.StructType([
     _f("note_hash", S, False), _f("fingerprint", S),
 ])
 
+# A vector, stored as encode.vector_storage says (clinicalbert_spark.vectors): float32 in
+# `embedding` (null otherwise), float16 big-endian in `embedding_f16`, or int8 values times a
+# per-vector scale. The last four were added in 2.2 (null in older rows: float32).
+VECTOR_FIELDS = (
+    _f("embedding", T.ArrayType(T.FloatType(), False)), _f("vector_format", S),
+    _f("embedding_f16", T.BinaryType()), _f("embedding_i8", T.ArrayType(T.ByteType(), False)),
+    _f("embedding_scale", T.FloatType()),
+)
+
 EMBEDDINGS = T.StructType([
     _f("note_id", S, False), _f("sentence_index", I, False), _f("start", I, False),
     _f("end", I, False), _f("section_category", S), _f("model", S, False),
     _f("model_revision", S), _f("pooling", S, False), _f("dim", I, False),
     _f("n_tokens", I, False), _f("n_windows", I, False), _f("truncated", T.BooleanType(), False),
-    _f("embedding", T.ArrayType(T.FloatType(), False)), _f("note_hash", S), _f("fingerprint", S),
+    *VECTOR_FIELDS, _f("note_hash", S), _f("fingerprint", S),
 ])
 
 _CANDIDATE = T.StructType([_f("token", S), _f("score", T.FloatType())])
@@ -73,7 +82,7 @@ PREDICTIONS = T.StructType([
 NOTE_EMBEDDINGS = T.StructType([
     _f("note_id", S), _f("section_category", S), _f("model", S), _f("model_revision", S),
     _f("pooling", S), _f("n_sentences", I), _f("dim", I),
-    _f("embedding", T.ArrayType(T.FloatType(), False)), _f("note_hash", S), _f("fingerprint", S),
+    *VECTOR_FIELDS, _f("note_hash", S), _f("fingerprint", S),
 ])
 
 REJECTS = T.StructType([

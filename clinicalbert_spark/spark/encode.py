@@ -22,6 +22,7 @@ from pyspark.sql import types as T
 from ..config import EncodeConfig, PredictConfig
 from ..models import model_identity, preflight, preflight_head
 from .. import schemas
+from ..vectors import VECTOR_COLUMNS, encode_vectors
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ EMBED_RESULT = T.StructType(
     [T.StructField(n, schemas.EMBEDDINGS[n].dataType, True) for n in
      ("model", "model_revision", "pooling", "dim", "n_tokens", "n_windows", "truncated",
       "embedding")] + [T.StructField("status", T.StringType())])
+# The embed stage's result: the vector stored as encode.vector_storage says (vectors.py).
+STORED_RESULT = T.StructType(
+    EMBED_RESULT.fields[:-1] + [T.StructField(n, schemas.EMBEDDINGS[n].dataType, True)
+                                for n in VECTOR_COLUMNS[1:]] + EMBED_RESULT.fields[-1:])
 PREDICT_RESULT = T.StructType(
     [T.StructField(n, schemas.PREDICTIONS[n].dataType, True) for n in
      ("model", "model_revision", "task", "label", "score", "probabilities", "spans", "status")])
@@ -199,8 +204,9 @@ def _stats_columns(out: dict, n: int, stats) -> None:
 
 def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: str,
                   revision: str | None, text_col: str = "text", keep: list[str] | None = None,
-                  stats: bool = False) -> Iterator[pd.DataFrame]:
-    """Arrow batches of sentence rows -> the kept columns plus :data:`EMBED_RESULT`."""
+                  stats: bool = False, storage: str | None = None) -> Iterator[pd.DataFrame]:
+    """Arrow batches of sentence rows -> the kept columns plus :data:`EMBED_RESULT`
+    (:data:`STORED_RESULT`, the vector in format ``storage``, when that is given)."""
     enc = get_encoder(cfg)
     keep = list(keep or [])
     for pdf in _chunks(batches, CHUNK_ROWS):
@@ -219,6 +225,9 @@ def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: 
             "embedding": [emb[i] if ok[i] else None for i in range(n)],
             "status": res.status,
         })
+        if storage:  # in STORED_RESULT's order
+            status = out.pop("status")
+            out.update(encode_vectors(emb, storage, ok), status=status)
         if stats:
             _stats_columns(out, n, res.stats)
         yield pd.DataFrame(out, index=pdf.index)
@@ -302,22 +311,23 @@ def worker_config(cfg: EncodeConfig) -> EncodeConfig:
 
 def embed_frame(df: DataFrame, cfg: EncodeConfig, text_col: str = "text",
                 keep: list[str] | None = None, partitions: int | None = None,
-                stats: bool = False) -> DataFrame:
-    """Embeddings of ``df[text_col]``: the ``keep`` columns plus :data:`EMBED_RESULT`
-    (and :data:`STATS` when ``stats``). The model is resolved once here, on the driver."""
+                stats: bool = False, storage: str | None = None) -> DataFrame:
+    """Embeddings of ``df[text_col]``: the ``keep`` columns plus :data:`EMBED_RESULT`, or
+    :data:`STORED_RESULT` with ``storage`` (a ``vectors.FORMATS`` value), and :data:`STATS`
+    when ``stats``. The model is resolved once here, on the driver."""
     keep = list(keep if keep is not None else [])
     require_columns(df, [text_col, *keep], "the input")
-    if cfg.embedding_dtype == "float16":
-        log.warning("embedding_dtype=float16: vectors are rounded to half precision, but the "
-                    "table stores array<float> (Spark SQL has no 16-bit float type)")
+    if cfg.embedding_dtype == "float16" and storage != "float16":
+        log.warning("embedding_dtype=float16: vectors are rounded to half precision, but "
+                    "stored as float32; encode.vector_storage float16 stores half the bytes")
     model_id, revision = model_identity(cfg.model, cfg.revision)
     cfg = worker_config(cfg)
     cols = list(dict.fromkeys([*keep, text_col]))
     src = _spread(df.select(*cols), partitions)
-    schema = _output_schema(src, keep, EMBED_RESULT, stats)
+    schema = _output_schema(src, keep, STORED_RESULT if storage else EMBED_RESULT, stats)
 
     def fn(it):
-        return embed_batches(it, cfg, model_id, revision, text_col, keep, stats)
+        return embed_batches(it, cfg, model_id, revision, text_col, keep, stats, storage)
 
     return src.mapInPandas(fn, schema)
 
@@ -326,7 +336,8 @@ def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | N
                     ) -> DataFrame:
     """The embeddings stage on a sentences table: ``schemas.EMBEDDINGS`` (less fingerprint)
     plus ``status`` and the :data:`STATS` columns."""
-    emb = embed_frame(sentences, cfg, "text", SENTENCE_KEEP, partitions, stats=True)
+    emb = embed_frame(sentences, cfg, "text", SENTENCE_KEEP, partitions, stats=True,
+                      storage=cfg.vector_storage)
     names = [f.name for f in schemas.EMBEDDINGS.fields if f.name != "fingerprint"]
     return emb.select(*names, "status", *STATS_COLUMNS)
 
