@@ -274,15 +274,26 @@ def test_stage_commands_run_in_order_on_demo(tmp_path, dagmod):
     # The demo's model (MiniLM) has no prediction head: run_predict off, as the DAG's default.
     stages = [st for st in dagmod.STAGES if dagmod.stage_enabled(st, dict(params, run_predict=False))]
     assert stages == ["segment", "embed", "aggregate"]
+    # One note fails to segment: its reject, written by the segment task, must survive the
+    # embed and aggregate tasks (each its own application under the same run id).
+    env["CBS_INJECT_SEGMENT_ERROR"] = "1007"
+    from clinicalbert_spark.query import connect
+
+    expected_rejects = None
     for stage in stages:
         cmd = dagmod.build_stage_command(stage, params, run_id, launcher="python")
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=420,
                            start_new_session=True)
         assert r.returncode == 0, f"{stage}: {shlex.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
-
-    from clinicalbert_spark.query import connect
+        rejects = sorted(connect(root).execute(
+            "SELECT coalesce(note_id, ''), reason FROM rejects").fetchall())
+        assert ("1007", "segmentation_error") in rejects, stage
+        assert ("1028", "iserror") in rejects, stage
+        expected_rejects = expected_rejects or rejects
+        assert rejects == expected_rejects, stage
 
     con = connect(root)
+    assert con.execute("SELECT count(*) FROM embeddings WHERE note_id = '1007'").fetchone()[0] == 0
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
               for t in ("sentences", "embeddings", "note_embeddings", "runs")}
     assert all(n > 0 for n in counts.values()), counts

@@ -123,7 +123,7 @@ def test_reliability_corpus_with_task_retries_and_no_phi_in_logs(tiny_bert, tmp_
     from bad_corpus import write_bad_corpus
 
     csv = tmp_path / "bad.csv"
-    expected = write_bad_corpus(csv, big_note_mb=5.0)
+    expected = write_bad_corpus(csv, big_note_mb=1.0)
     root = tmp_path / "out"
     p = _run_job(["--input", str(csv), "--output-root", str(root), "--model", tiny_bert,
                   "--stages", "segment,embed,aggregate", "--run-id", "rel",

@@ -195,21 +195,8 @@ def test_run_ids_are_text_and_collisions_are_refused(spark, tiny_bert, tmp_path)
 
 
 # 9 -----------------------------------------------------------------------------------------
-def test_dag_split_stages_keep_the_segment_stage_rejects(tiny_bert, tmp_path):
-    inp = _csv(tmp_path / "n.csv", [("1", "7", "0", GOOD), ("2", "7", "0", GOOD + " More."),
-                                    ("3", "7", "1", GOOD)])
-    root = tmp_path / "out"
-    env = {"CBS_INJECT_SEGMENT_ERROR": "2"}
-    for stage in ("segment", "embed", "aggregate"):
-        code, out = _finish(_job(["--input", str(inp), "--output-root", str(root),
-                                  "--model", tiny_bert, "--stages", stage, "--run-id", "dag"],
-                                 env))
-        assert code == 0, out[-3000:]
-        rej = _t(root, "rejects")
-        assert sorted(zip(rej.note_id, rej.reason)) == [
-            ("2", "segmentation_error"), ("3", "iserror")], stage
-    assert set(_t(root, "embeddings").note_id) == {"1"}
-    assert sorted(_t(root, "runs").stages) == ["aggregate", "embed", "segment"]
+# The DAG's split stages keep the segment stage's rejects: tests/test_dag.py
+# test_stage_commands_run_in_order_on_demo (the same three applications, on the demo corpus).
 
 
 # 10 ----------------------------------------------------------------------------------------
