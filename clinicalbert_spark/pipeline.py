@@ -87,11 +87,7 @@ class Pipeline:
         if not cfg.output.root:
             raise ConfigError("no output root given (--output-root PATH or output.root)")
         self.cfg = cfg
-        if spark is None:
-            from .spark.session import get_spark
-
-            spark = get_spark(cfg.spark)
-        self.spark = spark
+        self._spark = spark
         self.run_id_given = cfg.run.run_id or new_run_id()
         self.run_id = sanitise_run_id(self.run_id_given)
         self.store = TableStore(spark, cfg.output.root, cfg.output.format, self.run_id)
@@ -105,6 +101,17 @@ class Pipeline:
         self._precisions: dict | None = None
 
     # ---------------------------------------------------------------- helpers
+    @property
+    def spark(self) -> SparkSession:
+        """The session, started on first use: a run that finds the root locked by another
+        stops before paying for a JVM."""
+        if self._spark is None:
+            from .spark.session import get_spark
+
+            self._spark = get_spark(self.cfg.spark)
+        self.store.spark = self._spark
+        return self._spark
+
     def _persist(self, df: DataFrame) -> DataFrame:
         df = df.persist(StorageLevel.MEMORY_AND_DISK)
         self._persisted.append(df)
@@ -408,7 +415,7 @@ class Pipeline:
                  ",".join(stages), self.root, self.store.fmt, self.cfg.input.delivery,
                  ", full refresh" if self.full else "")
         lock = self.store.acquire(",".join(stages), self.cfg.run.lock_wait_s,
-                                  self.cfg.run.lock_stale_s)
+                                  self.cfg.run.lock_stale_s, on_locked=lambda: self.spark)
         try:
             self._mark_crashed(lock.taken_over)
             self._check_run_id()

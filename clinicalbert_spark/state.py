@@ -47,7 +47,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 from pyspark.sql import DataFrame, SparkSession
@@ -351,11 +351,16 @@ class TableStore:
             if p.exists() and not p.is_dir():
                 raise OutputError(f"{p} is a file; the output root must hold only tables")
 
-    def acquire(self, stages: str, wait_s: float, stale_s: float) -> RootLock:
+    def acquire(self, stages: str, wait_s: float, stale_s: float,
+                on_locked: Callable[[], object] | None = None) -> RootLock:
+        """Take the root's lock, then (``on_locked``: e.g. start Spark) repair what a crashed
+        run left. The lock is a local-file operation: a refused run never needs Spark."""
         self.prepare_root()
         self.lock = RootLock(self.root, self.run_id, stages, stale_s)
         self.lock.acquire(wait_s)
         try:
+            if on_locked is not None:
+                on_locked()
             self.recover()
         except BaseException:
             self.lock.release()
