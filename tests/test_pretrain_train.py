@@ -55,7 +55,8 @@ def test_torchdistributor_two_cpu_processes_lower_heldout_loss(spark, instances_
     rc = pretrain.main(["--instances", str(instances_dir), "--model", tiny_bert, "--output",
                         str(out), "--processes", "2", "--max-steps", "80", "--lr", "2e-3",
                         "--warmup-steps", "10", "--save-every", "40", "--log-every", "40",
-                        "--heldout-fraction", "0.15"])
+                        "--heldout-fraction", "0.15", "--runs-root", str(tmp_path / "root"),
+                        "--run-id", "pt-1"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err[-2000:]
     summary = json.loads((out / "run_summary.json").read_text())
@@ -68,6 +69,13 @@ def test_torchdistributor_two_cpu_processes_lower_heldout_loss(spark, instances_
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20
     assert (out / "checkpoint-80" / "model.safetensors").is_file()
     assert "held-out loss" in captured.out
+    # the runs table under --runs-root has the run's row, held-out figures included
+    row = spark.read.parquet(str(tmp_path / "root" / "runs")).collect()
+    assert len(row) == 1 and (row[0].run_id, row[0].stages, row[0].status) == (
+        "pt-1", "pretrain", "succeeded")
+    metrics = json.loads(row[0].fingerprints)["checkpoint"]["metrics"]
+    assert metrics["heldout_before"] == before and metrics["heldout_after"] == after
+    assert row[0].tokens == summary["tokens"] > 0 and row[0].sentences is None
 
 
 def test_pretrain_errors_are_one_line(tiny_bert, tmp_path, capsys):

@@ -52,6 +52,7 @@ class FinetuneSettings:
     bf16: str = "auto"
     threads: Optional[int] = None
     eval_batch: int = 64
+    log_every: int = 50  # optimizer steps between progress lines
 
     def check(self) -> None:
         problems = []
@@ -65,8 +66,8 @@ class FinetuneSettings:
             problems.append("stride must be in [0, max_length - 2)")
         if self.long_policy not in ("window", "truncate"):
             problems.append("long_policy must be window or truncate")
-        if self.max_epochs < 1 or self.patience < 1:
-            problems.append("max_epochs and patience must be >= 1")
+        if self.max_epochs < 1 or self.patience < 1 or self.log_every < 1:
+            problems.append("max_epochs, patience and log_every must be >= 1")
         if self.batch_size < 1 or self.grad_accum < 1:
             problems.append("batch_size and grad_accum must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
@@ -197,6 +198,9 @@ def train(settings: dict | FinetuneSettings, data: dict) -> dict:
             tokens += sum(int(b["attention_mask"].sum()) for b in batches)
             losses.append(accumulated_step(proc, ddp, model, batches, loss_of, opt, sched,
                                            s.max_grad_norm))
+            if proc.rank == 0 and (step + 1) % s.log_every == 0:
+                log.info("step %d/%d loss %.4f (%.0f s)", step + 1, total,
+                         float(np.mean(losses[-s.log_every:])), time.perf_counter() - t0)
         val = evaluate(model, va, proc, s.eval_batch, pad_id, s.task)
         history.append({"epoch": epoch + 1, "steps": (epoch + 1) * per_epoch,
                         "train_loss": round(float(np.mean(losses)), 6),
@@ -215,6 +219,7 @@ def train(settings: dict | FinetuneSettings, data: dict) -> dict:
             stopped_early = epoch + 1 < s.max_epochs
             break
     secs = time.perf_counter() - t0
+    tokens = proc.total(tokens)
     if best_epoch < 0:
         raise ValueError("the validation loss was never finite (lower --lr?)")
     if proc.rank == 0:
@@ -229,7 +234,7 @@ def train(settings: dict | FinetuneSettings, data: dict) -> dict:
         "steps_per_epoch": per_epoch, "epochs_run": len(history), "best_epoch": best_epoch,
         "stopped_early": stopped_early, "train_windows": len(tr), "validation_windows": len(va),
         "validation_before": before, "history": history, "train_seconds": round(secs, 2),
-        "tokens": tokens * proc.world, "tokens_per_s": round(tokens * proc.world / max(secs, 1e-9), 1),
+        "tokens": tokens, "tokens_per_s": round(tokens / max(secs, 1e-9), 1),
     }
     proc.finish()
     return summary

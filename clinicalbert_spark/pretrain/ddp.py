@@ -1,7 +1,8 @@
 """What every training process needs, pretraining and fine-tuning alike (pure torch; no Spark).
 
 A training function runs in one process or in every process of a ``torchrun`` /
-``TorchDistributor`` launch (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment):
+``TorchDistributor`` launch (which hands back the result of whichever process finishes last,
+so every process must return the same summary: sums are all-reduced) (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment):
 :func:`start_process` picks the device (``cuda:<local rank>`` when CUDA is there), joins the
 process group (NCCL on GPU, gloo on CPU) and decides bf16; :func:`adamw` builds BERT's
 optimizer (no weight decay on biases and LayerNorm); :func:`accumulated_step` runs one
@@ -47,6 +48,16 @@ class Process:
             import torch.distributed as dist
 
             dist.all_reduce(tensor)
+
+    def total(self, n: int) -> int:
+        """The sum of ``n`` over the processes (every process gets it)."""
+        if self.world == 1:
+            return int(n)
+        import torch
+
+        t = torch.tensor([int(n)], dtype=torch.int64, device=self.device)
+        self.all_sum(t)
+        return int(t.item())
 
     def finish(self) -> None:
         """Wait for every process, then leave the process group."""

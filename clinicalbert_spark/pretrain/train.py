@@ -343,13 +343,13 @@ def train(settings: dict | TrainSettings) -> dict:
             window = []
         if (step + 1) % s.save_every == 0 or step + 1 == stop:
             state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - t0
-            state["tokens"] = state.get("tokens", 0) + tokens * world
+            state["tokens"] = state.get("tokens", 0) + proc.total(tokens)
             t0, tokens = time.perf_counter(), 0
             save_checkpoint(out / f"{CHECKPOINT_PREFIX}{step + 1}", ddp, tok, opt, sched,
                             state, proc)
     after = evaluate(model, heldout, proc, eval_batch)
     secs = state.get("seconds", 0.0) + time.perf_counter() - t0
-    toks = state.get("tokens", 0) + tokens * world
+    toks = state.get("tokens", 0) + proc.total(tokens)
     summary = {
         "settings": {k: v for k, v in asdict(s).items() if k != "extra"},
         "warmup_steps": s.warmup, "processes": world, "micro_batch": micro,
