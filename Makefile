@@ -30,8 +30,11 @@ demo: $(STAMP)
 	$(BIN)/python -m clinicalbert_spark.query sql --root demo_output \
 	    "SELECT category, section_category, count(*) AS sentences FROM sentences GROUP BY ALL ORDER BY sentences DESC LIMIT 10"
 
+# Two pytest workers (one test file each at a time): most of a test's wall time is JVM and
+# Python-worker start-up and py4j round trips, which overlap well even on 2 cores.
+TEST_WORKERS ?= 2
 test: $(STAMP) airflow-venv
-	CBS_REQUIRE_AIRFLOW=1 CBS_REQUIRE_CONNECT=1 $(BIN)/python -m pytest -q
+	CBS_REQUIRE_AIRFLOW=1 CBS_REQUIRE_CONNECT=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster and not slow"
