@@ -1,4 +1,4 @@
-"""Labelled examples for fine-tuning (pure Python + numpy; no Spark, no torch).
+"""Labelled examples for fine-tuning (Python, numpy, pandas; no Spark, no model).
 
 Split. Rows are split into train / validation / test **by group** (a patient id: every row
 of a group lands in one split) and **stratified by label**: each group's stratum is its most

@@ -157,7 +157,8 @@ def evaluate(model, ex: Examples, proc: Process, batch: int, pad_id: int, task: 
 
 def train(settings: dict | FinetuneSettings, data: dict) -> dict:
     """Fine-tune; ``data``: ``{"train": Examples, "validation": Examples}``. Returns the
-    training summary (rank 0's is the one TorchDistributor hands back)."""
+    training summary, the same in every process (losses and counts are all-reduced; only the
+    seconds are each process's own)."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
