@@ -147,7 +147,7 @@ def _f16_to_lists(values):
 
 def register_decoders(con) -> None:
     """Define ``cbs_f16(BLOB) -> FLOAT[]`` on DuckDB connection ``con`` (numpy, vectorised
-    over Arrow batches; the SQL macro in docs/sql.md computes the same, ~40x slower). Nothing
+    over Arrow batches; the SQL macro in docs/sql.md computes the same, ~30x slower). Nothing
     happens when the connection has a function of that name already."""
     import duckdb  # noqa: PLC0415
 

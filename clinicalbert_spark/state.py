@@ -496,7 +496,9 @@ class TableStore:
                 else:
                     vals = ", ".join("'" + v.replace("'", "''") + "'" for v in affected)
                     w = w.option("replaceWhere", f"{PARTITION_COLUMN} IN ({vals})")
-            w.save(str(table))
+            # Columns a later schema version adds (2.2: the vector storage columns) join the
+            # table's schema; Delta refuses the write otherwise.
+            w.option("mergeSchema", "true").save(str(table))
             return
         self._commit_delta_rs(spec, staged, affected, replace_all, creating)
 

@@ -418,9 +418,9 @@ def _check_one_format(root, fmt, storage, run):
 
 @pytest.mark.parametrize("fmt", ["parquet", "delta"])
 def test_pipeline_switches_format_without_mixing(spark, tiny_bert, tmp_path, fmt):
-    """float32 -> (the tables as schema 2.1 wrote them) -> float16 -> int8 on one root (Delta:
-    straight to int8, through the Delta log's schema change). Later runs are the DAG's embed
-    and aggregate stages."""
+    """float32 -> (the tables as schema 2.1 wrote them) -> float16 (Parquet) or int8 (Delta,
+    through a schema change in the Delta log) on one root. Later runs are the DAG's embed and
+    aggregate stages."""
     from clinicalbert_spark.pipeline import Pipeline
 
     notes = _notes_csv(tmp_path / "notes.csv")
@@ -441,25 +441,25 @@ def test_pipeline_switches_format_without_mixing(spark, tiny_bert, tmp_path, fmt
         near = Q.nearest(root, query_vector=vec, k=3)
         assert (near.note_id.iloc[0], near.sentence_index.iloc[0]) == key
 
-    for i, storage in enumerate(["float16", "int8"] if fmt == "parquet" else ["int8"], 2):
-        r = Pipeline(_cfg(notes, root, tiny_bert, f"r{i}", storage, fmt, later), spark).run()
-        assert r["sentences_embedded"] == n and r["embeddings_removed"] == n  # all re-embedded
-        emb, nv = _check_one_format(root, fmt, storage, r)
-        got = _vectors(emb)
-        assert got.keys() == base.keys()
-        tol = {"float16": 2e-3, "int8": 1e-2}[storage]
-        for k, v in base.items():
-            if v is None:
-                assert got[k] is None
-            else:
-                np.testing.assert_allclose(got[k], v, atol=tol * float(np.abs(v).max()))
-        # note vectors: the mean of the decoded sentence vectors, stored in the same format
-        whole = nv[nv.section_category.isna()]
-        for row, mean in zip(whole.itertuples(), V.decode_vectors(whole)):
-            sent = [got[k] for k in got if k[0] == row.note_id and got[k] is not None]
-            np.testing.assert_allclose(mean, np.mean(sent, axis=0),
-                                       atol=tol * float(np.abs(mean).max()))
-        # nearest reads the compact table: a stored sentence finds itself first
-        near = Q.nearest(root, query_vector=vec, k=3)
-        assert (near.note_id.iloc[0], near.sentence_index.iloc[0]) == key
-        assert near.score.iloc[0] == pytest.approx(1.0, abs=tol)
+    storage = "float16" if fmt == "parquet" else "int8"
+    r = Pipeline(_cfg(notes, root, tiny_bert, "r2", storage, fmt, later), spark).run()
+    assert r["sentences_embedded"] == n and r["embeddings_removed"] == n  # all re-embedded
+    emb, nv = _check_one_format(root, fmt, storage, r)
+    got = _vectors(emb)
+    assert got.keys() == base.keys()
+    tol = {"float16": 2e-3, "int8": 1e-2}[storage]
+    for k, v in base.items():
+        if v is None:
+            assert got[k] is None
+        else:
+            np.testing.assert_allclose(got[k], v, atol=tol * float(np.abs(v).max()))
+    # note vectors: the mean of the decoded sentence vectors, stored in the same format
+    whole = nv[nv.section_category.isna()]
+    for row, mean in zip(whole.itertuples(), V.decode_vectors(whole)):
+        sent = [got[k] for k in got if k[0] == row.note_id and got[k] is not None]
+        np.testing.assert_allclose(mean, np.mean(sent, axis=0),
+                                   atol=tol * float(np.abs(mean).max()))
+    # nearest reads the compact table: a stored sentence finds itself first
+    near = Q.nearest(root, query_vector=vec, k=3)
+    assert (near.note_id.iloc[0], near.sentence_index.iloc[0]) == key
+    assert near.score.iloc[0] == pytest.approx(1.0, abs=tol)
