@@ -70,6 +70,18 @@ def _output_folder(output: str, overwrite: bool):
     return out
 
 
+def settings_of(a: argparse.Namespace, task: str, model_path: str, labels: list,
+                save_to: str):
+    from clinicalbert_spark.finetune.train import FinetuneSettings
+
+    return FinetuneSettings(
+        save_to=save_to, model=model_path, task=task, labels=labels, max_length=a.max_length,
+        stride=a.stride, long_policy=a.long_policy, max_epochs=a.max_epochs,
+        patience=a.patience, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
+        warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay, seed=a.seed, bf16=a.bf16,
+        threads=a.threads)
+
+
 def body(a: argparse.Namespace) -> int:
     import datetime as dt
     import shutil
@@ -87,7 +99,7 @@ def body(a: argparse.Namespace) -> int:
     from clinicalbert_spark.finetune import data as D
     from clinicalbert_spark.finetune.evaluate import finish_checkpoint, publish
     from clinicalbert_spark.finetune.spark import read_examples
-    from clinicalbert_spark.finetune.train import FinetuneSettings, train
+    from clinicalbert_spark.finetune.train import train
     from clinicalbert_spark.models import preflight
     from clinicalbert_spark.pretrain.cli import RunRecord, check_launch, csv_list, launch
     from clinicalbert_spark.spark.session import get_spark
@@ -101,49 +113,49 @@ def body(a: argparse.Namespace) -> int:
     ids = csv_list(a.id_col)
     if not ids:
         raise ConfigError("--id-col names no column")
+    try:
+        settings_of(a, task, "", ["a", "b"], "").check()  # before any data is read
+    except ValueError as e:
+        raise ConfigError(f"invalid settings: {e}") from None
     out = _output_folder(io.absolute(a.output), a.overwrite)
     model_path = preflight(a.model, a.revision)
     record = RunRecord(a, "finetune")
-    spark = get_spark(SparkConfig(master=a.master, app_name="finetune"))
+    save_to = str(out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}"))
+    recipe = dict(vars(a))  # the runs row's config hash until the labels are known
 
     def path(p, fmt):
         return p if fmt == "table" else io.absolute(p)
 
-    lab = read_examples(spark, path(a.labels, a.input_format), a.input_format, ids, a.text_col,
-                        a.label_col, a.group_col, a.spans and path(a.spans, a.spans_format),
-                        a.spans_format, a.start_col, a.end_col)
-    tok = AutoTokenizer.from_pretrained(model_path, use_fast=True, trust_remote_code=False,
-                                        local_files_only=True)
-    prep = D.prepare(tok, task, lab.ids, lab.texts, lab.groups, lab.targets, fractions,
-                     a.seed, a.max_length, a.stride, a.long_policy)
     try:
-        s = FinetuneSettings(
-            save_to=str(out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")),
-            model=model_path, task=task, labels=prep.label_names, max_length=a.max_length,
-            stride=a.stride, long_policy=a.long_policy, max_epochs=a.max_epochs,
-            patience=a.patience, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
-            warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay, seed=a.seed, bf16=a.bf16,
-            threads=a.threads)
-        s.check()
-    except ValueError as e:
-        raise ConfigError(f"invalid settings: {e}") from None
-    for sp in ("train", "validation"):
-        if not len(prep.examples[sp]):
-            raise InputError(f"the {sp} split is empty ({lab.counts['rows_used']} usable "
-                             "rows); label more rows or change --split")
-    recipe = dict(asdict(s), save_to=str(out), split=list(fractions))
-    try:
+        spark = get_spark(SparkConfig(master=a.master, app_name="finetune"))
+        lab = read_examples(spark, path(a.labels, a.input_format), a.input_format, ids,
+                            a.text_col, a.label_col, a.group_col,
+                            a.spans and path(a.spans, a.spans_format), a.spans_format,
+                            a.start_col, a.end_col)
+        tok = AutoTokenizer.from_pretrained(model_path, use_fast=True, trust_remote_code=False,
+                                            local_files_only=True)
+        prep = D.prepare(tok, task, lab.ids, lab.texts, lab.groups, lab.targets, fractions,
+                         a.seed, a.max_length, a.stride, a.long_policy)
+        for sp in ("train", "validation"):
+            if not len(prep.examples[sp]):
+                raise InputError(f"the {sp} split is empty ({lab.counts['rows_used']} usable "
+                                 "rows); label more rows or change --split")
+        if len(prep.label_names) < 2:
+            raise InputError(f"the labels input has {len(prep.label_names)} label(s) in its "
+                             "usable rows; at least two are needed")
+        s = settings_of(a, task, model_path, prep.label_names, save_to)
+        recipe = dict(asdict(s), save_to=str(out), split=list(fractions))
         summary = launch(train, a, "finetune", asdict(s), {
             "train": prep.examples["train"], "validation": prep.examples["validation"]})
-        info = finish_checkpoint(s.save_to, lab, prep, asdict(s), summary, {
+        info = finish_checkpoint(save_to, lab, prep, asdict(s), summary, {
             "version": clinicalbert_spark.__version__, "base_model": a.model,
             "base_revision": a.revision, "table": a.labels, "spans_table": a.spans,
             "group_column": a.group_col or f"none (each {a.id_col} is its own group)",
             "split": {"fractions": list(fractions), "seed": a.seed}, "checkpoint": str(out),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-        publish(Path(s.save_to), out)
+        publish(Path(save_to), out)
     except BaseException:
-        shutil.rmtree(s.save_to, ignore_errors=True)
+        shutil.rmtree(save_to, ignore_errors=True)
         record.write_failed(a.model, a.revision, recipe)
         raise
     metrics = info["metrics"]

@@ -339,12 +339,18 @@ def test_finetune_errors_are_one_line(spark, tiny_bert, tmp_path, capsys):
     assert "'diagnosis'" in err[0] and "['ROW_ID', 'SUBJECT_ID', 'TEXT', 'Specialty']" in err[0]
     dup = tmp_path / "dup.csv"
     df.assign(ROW_ID=1).to_csv(dup, index=False)
-    rc = finetune.main(["--labels", str(dup)] + base[2:] + ["--label-col", "Specialty"])
+    rc = finetune.main(["--labels", str(dup)] + base[2:] + ["--label-col", "Specialty",
+                                                             "--runs-root", str(tmp_path / "r")])
     err = _errors(capsys)
     assert rc == 3 and len(err) == 1 and "ids are on more than one row" in err[0]
     assert not any(t in err[0] for t in df.TEXT)
+    runs = spark.read.parquet(str(tmp_path / "r" / "runs")).collect()  # the failed run's row
+    assert [(r.stages, r.status) for r in runs] == [("finetune", "failed")]
     rc = finetune.main(base + ["--label-col", "Specialty", "--split", "0.9,0.2,0"])
     assert rc == 2 and len(_errors(capsys)) == 1
+    rc = finetune.main(base + ["--label-col", "Specialty", "--max-length", "600"])
+    err = _errors(capsys)
+    assert rc == 2 and len(err) == 1 and "max_length" in err[0]
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "x").write_text("")
     rc = finetune.main(base + ["--label-col", "Specialty"])
