@@ -111,8 +111,7 @@ def get_encoder(cfg: EncodeConfig):
     from ..encode import SentenceEncoder, get_cached, load_model
 
     device = _task_device(cfg.device)
-    # how the vectors are stored does not change the encoder: one model for every format
-    key = ("encoder", cfg.model_dump_json(exclude={"vector_storage"}), str(device))
+    key = ("encoder", cfg.model_dump_json(), str(device))
 
     def factory():
         from ..models import executor_model_path  # local folder the driver resolved; no hub
