@@ -28,9 +28,9 @@ concern. Sentence text is PHI: it is only returned when the sentences table has 
 
 Vectors in any storage format (``encode.vector_storage``: float32, float16, int8; see
 :mod:`clinicalbert_spark.vectors`) read the same: in the views this module makes, ``embedding``
-is always the float vector (a table with compact columns gets
-``SELECT * REPLACE (<decoded> AS embedding)``; float16 is decoded by ``cbs_f16(BLOB)``, a
-vectorised numpy function registered on the connection).
+is always the float vector (``SELECT * REPLACE (<decoded> AS embedding)``, :func:`vector_sql`;
+float16 is decoded by ``cbs_f16(BLOB)``, a vectorised numpy function registered on the
+connection).
 """
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def _ident(name: str) -> str:
 
 
 def register_table(con, name: str, path: str | Path, fmt: Format = "auto") -> str:
-    """Make ``path`` queryable as view ``name`` on DuckDB connection ``con``; in a table with
-    compact vector columns, the view's ``embedding`` is the decoded float vector.
+    """Make ``path`` queryable as view ``name`` on DuckDB connection ``con``; in a table of
+    vectors, the view's ``embedding`` is the float vector whatever its storage format.
 
     Returns the format used. Raises ``QueryError`` when the table has no data files.
     """
@@ -160,7 +160,7 @@ def register_decoders(con) -> None:
         pass
 
 
-def vector_sql(columns: Iterable[str], alias: str | None = None) -> str:
+def vector_sql(columns: Iterable[str]) -> str:
     """A DuckDB expression for the float vector of a row of a table with ``columns``:
     ``embedding``, ``embedding_f16`` (needs :func:`register_decoders`) or ``embedding_i8 *
     embedding_scale``, whichever the row has.
@@ -168,15 +168,14 @@ def vector_sql(columns: Iterable[str], alias: str | None = None) -> str:
     ``embedding`` is copied (``[x FOR x IN embedding]``): DuckDB 2.0's list distance functions
     refuse a Parquet list column that holds a null list (a row without a vector) anywhere in
     the scanned vector, even when the row is filtered out; the copy holds no such entry."""
-    p = f"{_ident(alias)}." if alias else ""
     cols = set(columns)
     whens = []
     if "embedding_f16" in cols:
-        whens.append(f"WHEN {p}embedding_f16 IS NOT NULL THEN {F16_FUNCTION}({p}embedding_f16)")
+        whens.append(f"WHEN embedding_f16 IS NOT NULL THEN {F16_FUNCTION}(embedding_f16)")
     if {"embedding_i8", "embedding_scale"} <= cols:
-        whens.append(f"WHEN {p}embedding_i8 IS NOT NULL "
-                     f"THEN [x * {p}embedding_scale FOR x IN {p}embedding_i8]")
-    base = f"[x FOR x IN {p}embedding]" if "embedding" in cols else "NULL::FLOAT[]"
+        whens.append("WHEN embedding_i8 IS NOT NULL "
+                     "THEN [x * embedding_scale FOR x IN embedding_i8]")
+    base = "[x FOR x IN embedding]" if "embedding" in cols else "NULL::FLOAT[]"
     return f"CASE {' '.join(whens)} ELSE {base} END" if whens else base
 
 

@@ -146,11 +146,6 @@ def decode_vectors(columns: Mapping[str, Sequence] | object) -> list[np.ndarray 
     return [decode_vector(*vals) for vals in zip(*cols)]
 
 
-def decode_f16_matrix(buf: bytes | memoryview | np.ndarray, dim: int) -> np.ndarray:
-    """Back-to-back ``embedding_f16`` values of ``dim`` components each -> ``[n, dim]`` float32."""
-    return np.frombuffer(buf, F16).reshape(-1, dim).astype(np.float32)
-
-
 def stored_format(formats: Sequence) -> str:
     """The format of a group of rows: the first non-null ``vector_format`` (null: float32)."""
     for f in formats:
