@@ -176,6 +176,7 @@ def body(a: argparse.Namespace) -> int:
         "rows used": f"{lab.counts['rows_used']} of {lab.counts['rows_read']}",
         "split rows (groups)": ", ".join(f"{sp} {c[sp]['rows']} ({c[sp]['groups']})"
                                          for sp in D.SPLITS),
+        "groups": a.group_col or "none: each id is its own group (pass --group-col PATIENT)",
         "epochs": f"{summary['epochs_run']} (best {summary['best_epoch']}"
                   f"{', stopped early' if summary['stopped_early'] else ''})",
         **{f"{sp} {k}": f"{m[k]:.4f}" for sp, m in metrics.items() for k in key},
