@@ -339,8 +339,9 @@ def test_resolve_precision():
     assert resolve_precision("auto", cpu) == torch.float32
     assert resolve_precision("bf16", cpu) == torch.bfloat16
     assert resolve_precision("fp16", cpu) == torch.float16
+    assert resolve_precision("int8", cpu) == torch.float32  # an embeddings mode: heads fp32
     with pytest.raises(ValueError):
-        resolve_precision("int8", cpu)
+        resolve_precision("int4", cpu)
 
 
 def test_detect_task_without_architectures_reads_weight_names(models, tmp_path):
