@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """A scaling curve: the whole pipeline on 1x, 4x, 16x a corpus, local and standalone.
 
-    python benchmarks/scale_bench.py [--base-notes 30] [--scales 1,4,16]
+    python benchmarks/scale_bench.py [--base-notes 90] [--scales 1,4,16]
         [--modes local,standalone1,standalone2] [--standalone-scales 1,4] [--cores 2]
         [--out DIR] [--json benchmarks/scale_bench.json] [--png benchmarks/scale_bench.png]
     python benchmarks/scale_bench.py --replot benchmarks/scale_bench.json   # table + PNG again
 
 Corpus: ``--base-notes`` real notes drawn from ``../shared/corpora`` (MTSamples, the PhysioNet
 MIMIC-II nursing notes, the cTAKES examples; ``$CLINICALBERT_CORPORA`` overrides), stratified
-by corpus size with a fixed seed, written as a NOTEEVENTS-shaped Parquet table. Scale k is the
-same notes k times under new ROW_IDs (``note_id`` is the key, nothing is deduplicated by
-text), so k x the notes is exactly k x the work.
+by corpus size with a fixed seed, written as a NOTEEVENTS-shaped Parquet table. Scale k is
+k x ``--base-notes`` distinct notes drawn the same way (the corpora hold 7,416; the smaller
+samples are subsets of the larger), so sizes differ only by volume. Past the corpora's size
+the notes repeat under new ROW_IDs (the work still scales: ``note_id`` is the key and nothing
+is deduplicated by text, but Parquet compresses the repeats, so bytes per sentence is then
+understated; the run says so).
 
 Per size and mode, ``jobs/run_pipeline.py`` (``conf/demo.yaml``: all-MiniLM-L6-v2, stages
 segment,embed,aggregate) runs twice on a fresh output root: the first run, then the same input
@@ -93,12 +96,29 @@ def allocate(sizes: dict[str, int], n: int) -> dict[str, int]:
 
 def sample_notes(corpora: dict[str, list[tuple[str, str]]], n: int,
                  seed: int = 12) -> list[tuple[str, str, str]]:
-    """``n`` notes as (corpus, source id, text), stratified by corpus size, fixed seed."""
-    rng = random.Random(seed)
+    """``n`` distinct notes as (corpus, source id, text), stratified by corpus size, fixed
+    seed. Each corpus is shuffled once (its own seed), and a sample takes the first notes of
+    each: a smaller sample is (nearly) a subset of a larger one."""
     counts = allocate({k: len(v) for k, v in corpora.items()}, n)
-    out = [(k, sid, text) for k, c in counts.items() for sid, text in rng.sample(corpora[k], c)]
-    rng.shuffle(out)
+    out = []
+    for k, c in counts.items():
+        order = list(corpora[k])
+        random.Random(f"{seed}:{k}").shuffle(order)
+        out += [(k, sid, text) for sid, text in order[:c]]
+    random.Random(seed).shuffle(out)
     return out
+
+
+def build_notes(corpora: dict[str, list[tuple[str, str]]], n: int, seed: int = 12):
+    """(NOTEEVENTS frame of ``n`` notes, how many are distinct): distinct real notes while the
+    corpora last, then copies under new ids (same text: Parquet compresses repeated text and
+    vectors, so bytes per sentence is understated beyond the corpora's size)."""
+    total = sum(len(v) for v in corpora.values())
+    m = min(n, total)
+    base = base_frame(sample_notes(corpora, m, seed))
+    if n == m:
+        return base, m
+    return scale_notes(base, -(-n // m)).head(n).reset_index(drop=True), m
 
 
 def base_frame(notes: list[tuple[str, str, str]]):
@@ -741,8 +761,9 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base-notes", type=int, default=30,
-                    help="notes at scale 1 (default 30: 16x in ~10-20 min on a busy 2-core machine)")
+    ap.add_argument("--base-notes", type=int, default=90,
+                    help="notes at scale 1 (default 90: the 16x first run takes ~10 min on a "
+                         "busy 2-core machine)")
     ap.add_argument("--scales", default="1,4,16")
     ap.add_argument("--modes", default="local,standalone1,standalone2")
     ap.add_argument("--standalone-scales", default="1,4",
@@ -790,14 +811,18 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="scale-bench-"))
     out.mkdir(parents=True, exist_ok=True)
-    base = base_frame(sample_notes(corpora, args.base_notes, args.seed))
     inputs = {}
     for k in scales:
-        df = scale_notes(base, k)
+        df, distinct = build_notes(corpora, k * args.base_notes, args.seed)
+        if distinct < len(df):
+            print(f"note: {k}x = {len(df)} notes, the corpora hold {distinct}: the rest are "
+                  "copies under new ids", file=sys.stderr)
         path = out / "inputs" / f"notes_{k}x.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(path, index=False, row_group_size=2000)
-        inputs[k] = (path, len(df), int(df.TEXT.str.len().sum()))
+        inputs[k] = (path, len(df), int(df.TEXT.str.len().sum()), distinct)
+        if k == min(scales):
+            base = df
     mix = base.CATEGORY.value_counts().to_dict()
     data = {"machine": machine(), "source": source_version(), "base_notes": args.base_notes, "mix": mix,
             "base_chars": int(base.TEXT.str.len().sum()), "cores": args.cores,
@@ -815,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k in scales:
                     if mode != "local" and k not in sa_scales:
                         continue
-                    path, n, chars = inputs[k]
+                    path, n, chars, distinct = inputs[k]
                     root = out / mode / f"{k}x" / "tables"
                     shutil.rmtree(root.parent, ignore_errors=True)
                     root.parent.mkdir(parents=True)
@@ -825,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
                     again = runner.run(path, root, "rerun")
                     if mode == "local" and k == max(scales):
                         data["tokenize"] = measure_tokenizer(root, args.model or DEMO_MODEL)
-                    r = {"mode": mode, "scale": k, "notes": n, "chars": chars,
+                    r = {"mode": mode, "scale": k, "notes": n, "distinct_notes": distinct,
+                         "chars": chars,
                          "cores": args.cores, "workers": runner.workers,
                          "worker_cores": runner.worker_cores,
                          "cluster_start_s": runner.cluster_start_s,

@@ -41,10 +41,16 @@ def test_sample_and_scale_notes(sb):
     base = sb.base_frame(notes)
     assert list(base.ROW_ID) == [str(i) for i in range(1, 13)]
     assert set(base.columns) >= {"ROW_ID", "SUBJECT_ID", "HADM_ID", "CATEGORY", "ISERROR", "TEXT"}
+    bigger = {sid for _, sid, _ in sb.sample_notes(corpora, 48, seed=1)}
+    assert {sid for _, sid, _ in notes} <= bigger  # sizes differ by volume, not by choice
     big = sb.scale_notes(base, 4)
     assert len(big) == 48 and big.ROW_ID.is_unique
     assert list(big.TEXT) == list(base.TEXT) * 4  # same text, new ids: exactly 4x the work
     assert big.ROW_ID.iloc[12] == str(sb.ID_STRIDE + 1)
+    df, distinct = sb.build_notes(corpora, 40)
+    assert (len(df), distinct) == (40, 40) and df.TEXT.is_unique
+    df, distinct = sb.build_notes(corpora, 100)  # past the corpora: copies under new ids
+    assert (len(df), distinct) == (100, 76) and df.ROW_ID.is_unique and df.TEXT.nunique() == 76
 
 
 def test_table_bytes_counts_data_files_only(sb, tmp_path):
