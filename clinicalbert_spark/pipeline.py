@@ -403,10 +403,8 @@ class Pipeline:
 
     def write_run(self) -> dict:
         """One row per (run id, stages): the DAG runs each stage as its own job under one id."""
-        spec = SPECS["runs"]
         row = self.run_row()
-        df = self.spark.createDataFrame([row], schemas.RUNS).drop("run_id")
-        self.store.commit(spec, df, df.select("stages").withColumn("run_id", F.lit(self.run_id)))
+        self.store.commit_run(row)
         return row
 
     def run(self) -> dict:

@@ -367,6 +367,15 @@ class TableStore:
             raise
         return self.lock
 
+    def commit_run(self, row: dict) -> None:
+        """Add this run's row to ``runs`` (:data:`~clinicalbert_spark.schemas.RUNS`),
+        replacing the row of the same ``(run_id, stages)``."""
+        from .schemas import RUNS, SPECS
+
+        df = self.spark.createDataFrame([row], RUNS).drop("run_id")
+        self.commit(SPECS["runs"], df,
+                    df.select("stages").withColumn("run_id", F.lit(row["run_id"])))
+
     # ------------------------------------------------------------------ reading
     def exists(self, table: str) -> bool:
         p = self.path(table)
@@ -623,14 +632,10 @@ def write_run_row(spark: SparkSession, root: str, fmt: str, row: dict,
     ``root``, replacing the row of the same ``(run_id, stages)``, holding the root's lock
     (``wait_s``: how long to wait for a run that holds it). For jobs that write no other table
     under the root (training); the pipeline writes its own rows as it runs."""
-    from .schemas import RUNS, SPECS
-
     store = TableStore(spark, root, fmt, row["run_id"])
     lock = store.acquire(row["stages"], wait_s, stale_s)
     try:
-        df = spark.createDataFrame([row], RUNS).drop("run_id")
-        store.commit(SPECS["runs"], df,
-                     df.select("stages").withColumn("run_id", F.lit(row["run_id"])))
+        store.commit_run(row)
     finally:
         lock.release()
 
