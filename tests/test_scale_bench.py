@@ -102,7 +102,9 @@ def _result(notes, sents, scale):
                  "embed": {"all": 10 + sents / 20, "driver_jvm": 5 + sents * 0.001,
                            "py_worker": 5 + sents / 25},
                  "aggregate": {"all": 5 + sents * 0.0005}}}
-    rerun = {"seconds_total": 40 + notes * 0.01, "cpu_s": 40 + notes * 0.02}
+    rerun = {"seconds_total": 40 + notes * 0.01, "cpu_s": 70 + notes * 0.02,
+             "cpu_s_by_stage_role": {"segment": {"all": 20 + notes * 0.015},
+                                     "embed": {"all": 10 + notes * 0.005}}}
     r = {"mode": "local", "scale": scale, "notes": notes, "chars": sents * 70, "cores": 2,
          "bytes": {"sentences": 60 * sents, "embeddings": 1500 * sents,
                    "note_embeddings": 200 * sents},
