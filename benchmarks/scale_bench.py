@@ -186,7 +186,8 @@ def _read_proc(pid: int) -> dict | None:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return raw.replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
 
@@ -533,7 +534,8 @@ def print_table(results: list[dict], out=sys.stdout) -> None:
         mem = (f"{d['peak_executor_gib']:.2f} ({d['peak_executor_jvm_gib']:.2f}+"
                f"{d['peak_executor_py_gib']:.2f})")
         print(f"{r['mode']:<12}{r['scale']:>4}x{r['notes']:>6}{f['sentences']:>7} "
-              f"{_fmt(st.get('segment')):>6}{_fmt(st.get('embed')):>7}{_fmt(st.get('aggregate')):>6}"
+              f"{_fmt(st.get('segment')):>6}{_fmt(st.get('embed')):>7}"
+              f"{_fmt(st.get('aggregate')):>6}"
               f"{f['seconds_total']:>7.1f}{f['cpu_s']:>7.1f} {_fmt(d['sentences_per_s']):>6}"
               f"{_fmt(d['embed_sentences_per_s']):>6}{_fmt(d['sentences_per_cpu_s']):>7} "
               f"{mem:>18}{_fmt(d['bytes_per_sentence'], '.0f'):>7} "
@@ -541,6 +543,14 @@ def print_table(results: list[dict], out=sys.stdout) -> None:
               f"{_fmt(d['rerun_cpu_ratio'], '.2f'):>6}  "
               f"{f['load_start'][0]:.1f}/{f['load_end'][0]:.1f}, "
               f"{r['rerun']['load_start'][0]:.1f}/{r['rerun']['load_end'][0]:.1f}", file=out)
+
+
+# (panel, derived figure, line style, label) of the plot's per-mode series after the stages
+PLOT_SERIES = [(2, "sentences_per_s", "-o", "per wall s"),
+               (2, "sentences_per_cpu_s", ":o", "per CPU s"),
+               (3, "rerun_ratio", "-o", "wall s"), (3, "rerun_cpu_ratio", ":o", "CPU s"),
+               (4, "peak_executor_gib", "-o", "all executors"),
+               (4, "peak_executor_py_gib", ":o", "Python workers")]
 
 
 def plot(results: list[dict], png: Path, title: str) -> None:
@@ -562,18 +572,8 @@ def plot(results: list[dict], png: Path, title: str) -> None:
                        marker=mk, color=c, label=f"{mode} {stage}")
             ax[1].plot(x, [r["first"]["cpu_s_by_stage"].get(stage) for r in rs], ls,
                        marker=mk, color=c, label=f"{mode} {stage}")
-        ax[2].plot(x, [r["derived"]["sentences_per_s"] for r in rs], "-o", color=c,
-                   label=f"{mode} per wall s")
-        ax[2].plot(x, [r["derived"]["sentences_per_cpu_s"] for r in rs], ":o", color=c,
-                   label=f"{mode} per CPU s")
-        ax[3].plot(x, [r["derived"]["rerun_ratio"] for r in rs], "-o", color=c,
-                   label=f"{mode} wall s")
-        ax[3].plot(x, [r["derived"]["rerun_cpu_ratio"] for r in rs], ":o", color=c,
-                   label=f"{mode} CPU s")
-        ax[4].plot(x, [r["derived"]["peak_executor_gib"] for r in rs], "-o", color=c,
-                   label=f"{mode} all executors")
-        ax[4].plot(x, [r["derived"]["peak_executor_py_gib"] for r in rs], ":o", color=c,
-                   label=f"{mode} Python workers")
+        for i, key, ls, what in PLOT_SERIES:
+            ax[i].plot(x, [r["derived"][key] for r in rs], ls, color=c, label=f"{mode} {what}")
     ax[0].set(title="first run: wall s per stage", ylabel="s", yscale="log")
     ax[1].set(title="first run: CPU s per stage", ylabel="CPU s", yscale="log")
     ax[2].set(title="sentences/s, first run (whole run)")
@@ -767,7 +767,8 @@ def machine() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base-notes", type=int, default=90,
                     help="notes at scale 1 (default 90: the 16x first run takes ~10 min on a "
                          "busy 2-core machine)")
@@ -831,9 +832,11 @@ def main(argv: list[str] | None = None) -> int:
         if k == min(scales):
             base = df
     mix = base.CATEGORY.value_counts().to_dict()
-    data = {"machine": machine(), "source": source_version(), "base_notes": args.base_notes, "mix": mix,
+    data = {"machine": machine(), "source": source_version(), "base_notes": args.base_notes,
+            "mix": mix,
             "base_chars": int(base.TEXT.str.len().sum()), "cores": args.cores,
-            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+            "command": " ".join([Path(sys.argv[0]).name,
+                                 *(argv if argv is not None else sys.argv[1:])]),
             "results": []}
     print(f"corpus: {args.base_notes} base notes ({mix}), {data['base_chars'] / 1e6:.2f} M chars; "
           f"scales {scales}; modes {modes}; {data['machine']['nproc']} cores "

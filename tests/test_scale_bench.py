@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sb():
-    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale_bench.py")
+    path = ROOT / "benchmarks" / "scale_bench.py"
+    spec = importlib.util.spec_from_file_location("scale_bench", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -65,7 +66,7 @@ def test_table_bytes_counts_data_files_only(sb, tmp_path):
 
 
 def test_classify_roles(sb):
-    java = "/usr/bin/java -cp /x org.apache.spark.executor.CoarseGrainedExecutorBackend --driver-url"
+    java = "/usr/bin/java -cp /x org.apache.spark.executor.CoarseGrainedExecutorBackend --x"
     assert sb.classify(java, "java", []) == "exec_jvm"
     assert sb.classify("/usr/bin/java -cp /x org.apache.spark.deploy.worker.Worker spark://",
                        "java", []) == "daemon"
