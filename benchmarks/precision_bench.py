@@ -69,7 +69,7 @@ MODES = ("fp32", "bf16", "fp16", "int8")
 
 def real_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
     """Up to ``n`` distinct sentences (>= 3 words) cut by the rules segmenter from real notes."""
-    from clinicalbert_spark.segment import get_segmenter
+    from clinicalbert_spark.segment.corpora import sample_sentences
 
     if CORPUS.is_file():
         path, column = CORPUS, "transcription"
@@ -78,19 +78,8 @@ def real_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
     csv.field_size_limit(sys.maxsize)
     with path.open(newline="", encoding="utf-8", errors="replace") as f:
         notes = [row.get(column) or "" for row in csv.DictReader(f)]
-    random.Random(seed).shuffle(notes)
-    seg = get_segmenter("rules")
-    seen: set[str] = set()
-    out: list[str] = []
-    for text in notes:
-        for s in seg.segment(text):
-            t = " ".join(text[s.start:s.end].split())
-            if len(t.split()) >= 3 and t not in seen:
-                seen.add(t)
-                out.append(t)
-        if len(out) >= n:
-            break
-    return out[:n], f"{path.name} ({'MTSamples' if path == CORPUS else 'demo corpus'})"
+    source = "MTSamples" if path == CORPUS else "demo corpus"
+    return sample_sentences(notes, n, seed), f"{path.name} ({source})"
 
 
 def make_encoder(loaded, cfg: EncoderConfig, mode: str) -> SentenceEncoder:

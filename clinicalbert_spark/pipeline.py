@@ -108,8 +108,7 @@ class Pipeline:
         if self._spark is None:
             from .spark.session import get_spark
 
-            self._spark = get_spark(self.cfg.spark)
-        self.store.spark = self._spark
+            self._spark = self.store.spark = get_spark(self.cfg.spark)
         return self._spark
 
     def _persist(self, df: DataFrame) -> DataFrame:

@@ -7,7 +7,6 @@ Speed is benchmarks/precision_bench.py's business, never a test's.
 """
 import csv
 import dataclasses
-import random
 import sys
 from pathlib import Path
 
@@ -52,24 +51,13 @@ def _one_thread():
 
 
 def _real_sentences(n: int) -> list[str]:
-    from clinicalbert_spark.segment import get_segmenter
+    from clinicalbert_spark.segment.corpora import sample_sentences
 
     path, column = (MTSAMPLES, "transcription") if MTSAMPLES.is_file() else (DEMO, "TEXT")
     csv.field_size_limit(sys.maxsize)
     with path.open(newline="", encoding="utf-8", errors="replace") as f:
         notes = [row.get(column) or "" for row in csv.DictReader(f)]
-    random.Random(12).shuffle(notes)
-    seg = get_segmenter("rules")
-    seen, out = set(), []
-    for text in notes:
-        for s in seg.segment(text):
-            t = " ".join(text[s.start:s.end].split())
-            if len(t.split()) >= 3 and t not in seen:
-                seen.add(t)
-                out.append(t)
-        if len(out) >= n:
-            break
-    return out[:n]
+    return sample_sentences(notes, n, seed=12)
 
 
 @pytest.fixture(scope="module")

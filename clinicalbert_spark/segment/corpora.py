@@ -63,3 +63,27 @@ def read_all(base: str | Path | None = None) -> dict[str, list[tuple[str, str]]]
     if (b / "ctakes_notes").is_dir():
         out["ctakes"] = read_ctakes(b / "ctakes_notes")
     return out
+
+
+def sample_sentences(notes: list[str], n: int, seed: int = 0, min_words: int = 3) -> list[str]:
+    """Up to ``n`` distinct sentences (whitespace collapsed, at least ``min_words`` words) cut
+    by the rules segmenter from ``notes`` taken in an order shuffled by ``seed``: real
+    sentences for fidelity checks and benchmarks."""
+    import random
+
+    from . import get_segmenter
+
+    notes = list(notes)
+    random.Random(seed).shuffle(notes)
+    seg = get_segmenter("rules")
+    seen: set[str] = set()
+    out: list[str] = []
+    for text in notes:
+        for s in seg.segment(text):
+            t = " ".join(text[s.start:s.end].split())
+            if len(t.split()) >= min_words and t not in seen:
+                seen.add(t)
+                out.append(t)
+        if len(out) >= n:
+            break
+    return out[:n]
