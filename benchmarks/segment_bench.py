@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="compare jobs/segment_notes.py with the bare library")
     ap.add_argument("--spark-mb", type=float, default=100.0)
     ap.add_argument("--spark-cores", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed on to the segment job (e.g. spark.conf.spark.driver.memory=4g)")
     args = ap.parse_args(argv)
     if args.spark:
         return spark_vs_library(args)
@@ -202,6 +204,8 @@ def spark_vs_library(args) -> int:
         job = [sys.executable, str(Path(__file__).resolve().parents[1] / "jobs" / "segment_notes.py"),
                "--input", str(work / "notes.parquet"), "--output", str(work / "out"),
                "--master", f"local[{args.spark_cores}]", "--set", "spark.conf.spark.ui.enabled=false"]
+        for kv in args.set:
+            job += ["--set", kv]
         t0 = time.perf_counter()
         proc = subprocess.Popen(job, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -104,11 +104,9 @@ def segment_notes(df: DataFrame, *, id_col: str = "note_id", text_col: str = "te
                       hadm_column=opt(hadm_col), category_column=opt(category_col),
                       iserror_column=opt(iserror_col))
     notes = notes_from_frame(df, cfg)
-    out = _segment(notes.notes, backend, include_text, partitions)
-    sentences, seg_rejects = split_segment_output(out)
-    if not return_rejects:
-        return sentences
-    return sentences, notes.rejects.unionByName(seg_rejects)
+    out = _segment(notes.records, backend, include_text, partitions)
+    sentences, rejects = split_segment_output(out)
+    return (sentences, rejects) if return_rejects else sentences
 
 
 def embed(df: DataFrame, *, text_col: str = "text",

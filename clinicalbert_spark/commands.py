@@ -30,7 +30,7 @@ def print_summary(title: str, items: dict) -> None:
     print("\n".join(lines), flush=True)
 
 def segment_job(cfg: PipelineConfig) -> int:
-    from .spark.segment import segment_notes, split_segment_output
+    from .spark.segment import segment_counts, segment_notes, split_segment_output
 
     out = cfg.output.path
     if not out:
@@ -39,18 +39,17 @@ def segment_job(cfg: PipelineConfig) -> int:
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
     t0 = time.perf_counter()
     notes = io.read_notes(spark, cfg.input)
-    seg = segment_notes(notes.notes, cfg.segment.backend, cfg.segment.include_text,
+    # One pass over the input: its rejects ride through the segmenter's persisted output.
+    seg = segment_notes(notes.records, cfg.segment.backend, cfg.segment.include_text,
                         cfg.spark.partitions).persist(StorageLevel.MEMORY_AND_DISK)
-    sentences, seg_rejects = split_segment_output(seg)
+    sentences, rejects = split_segment_output(seg)
     sentences = sentences.withColumn(
         "fingerprint", F.lit(fingerprint("sentences", segment_settings(cfg))))
     write_table(sentences.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
                    mode=cfg.output.mode)
-    rejects = notes.rejects.unionByName(seg_rejects).withColumn("run_id", F.lit(run_id))
-    rejects = rejects.persist(StorageLevel.MEMORY_AND_DISK)
+    rejects = rejects.withColumn("run_id", F.lit(run_id))
     write_table(rejects, rejects_path(out), cfg.output.format, mode=cfg.output.mode)
-    n_sent = sentences.count()
-    n_notes = sentences.select("note_id").distinct().count()
+    n_notes, n_sent = segment_counts(seg)
     by_reason = {r.reason: r["count"] for r in rejects.groupBy("reason").count().collect()}
     secs = time.perf_counter() - t0
     items = {"run id": run_id, "notes segmented": n_notes, "sentences": n_sent,
@@ -60,7 +59,6 @@ def segment_job(cfg: PipelineConfig) -> int:
                   "rejects table": rejects_path(out), "seconds": f"{secs:.1f}"})
     print_summary("segment_notes summary", items)
     seg.unpersist()
-    rejects.unpersist()
     return 0
 
 def _sentences_with_text(spark, cfg: PipelineConfig, notes_path: str | None):

@@ -152,6 +152,25 @@ class Notes:
 
     notes: DataFrame  # note_id, subject_id, hadm_id, category, text, note_hash, source_row
     rejects: DataFrame  # REJECTS_SCHEMA
+    # Every record: the columns of ``notes`` plus reject_reason / reject_detail (null for a
+    # usable note). ``notes`` and ``rejects`` are its two halves; a job that needs both
+    # reads and checks the input once by persisting this (see :func:`split_records`).
+    records: DataFrame | None = None
+
+
+NOTE_COLUMNS = ("note_id", "subject_id", "hadm_id", "category", "text", "note_hash",
+                "source_row")
+
+
+def split_records(records: DataFrame) -> Notes:
+    """:class:`Notes` of a ``records`` frame (persist it first to read the input once)."""
+    reason = F.col("reject_reason")
+    return Notes(
+        notes=records.where(reason.isNull()).select(*NOTE_COLUMNS),
+        rejects=records.where(reason.isNotNull()).select(
+            "note_id", reason.alias("reason"), "source_row",
+            F.col("reject_detail").alias("detail")),
+        records=records)
 
 
 def _csv_with_header(path: str, encoding: str) -> csv_source.CsvLayout:
@@ -432,6 +451,14 @@ def read_input_table(spark: SparkSession, path: str, fmt: str) -> DataFrame:
     return df
 
 
+def _ids_repeat(ids: DataFrame) -> bool:
+    """Whether any non-empty id (column ``_id``) occurs twice: one pass over the ids alone
+    (a columnar input reads no text), so the common case of unique ids skips the duplicate
+    search, which reads and checks every note's text a second time."""
+    ids = ids.where(F.col("_id").isNotNull() & (F.col("_id") != ""))
+    return bool(ids.groupBy("_id").count().where(F.col("count") > 1).limit(1).count())
+
+
 def _reject_duplicates(df: DataFrame, rescan: bool) -> DataFrame:
     """``duplicate_id`` for every valid record of an id but its first (by ``source_row``).
 
@@ -585,7 +612,10 @@ def _split_notes(df: DataFrame, names: list[str], types: list[T.DataType],
         .when(iserror, F.lit("iserror"))
         .when(text.isNull(), F.lit("null_text"))
         .when(text.rlike(r"(?U)^\s*$"), F.lit("empty_text"))  # any Unicode whitespace
-        .when(F.length(text) > cfg.max_note_chars, F.lit("too_large"))
+        # Characters never outnumber bytes: counting characters (a walk over the whole
+        # text) is left to the few notes whose bytes already exceed the limit.
+        .when((F.octet_length(text) > cfg.max_note_chars)
+              & (F.length(text) > cfg.max_note_chars), F.lit("too_large"))
     )
     bad_columns = F.concat_ws(", ", *[F.when(~ok, F.lit(n)) for n, ok in checks]) if checks \
         else F.lit(None).cast("string")
@@ -593,6 +623,7 @@ def _split_notes(df: DataFrame, names: list[str], types: list[T.DataType],
     def clean(c: Column) -> Column:  # an invalid record's fields never travel on raw
         return F.when(all_valid, c).otherwise(F.make_valid_utf8(c))
 
+    raw_ids = df.select(F.trim(values["id"]).alias("_id"))
     df = df.select(
         note_id.alias("note_id"),
         clean(value("subject")).alias("subject_id"),
@@ -609,14 +640,13 @@ def _split_notes(df: DataFrame, names: list[str], types: list[T.DataType],
         .alias("reject_detail"),
     )
     # Of several records with one id, the first in arrival order is used and the rest rejected.
-    ranked = _reject_duplicates(df, rescan=fmt != "csv")
+    if fmt != "csv" and not _ids_repeat(raw_ids):
+        ranked = df  # no id occurs twice: no duplicate can be rejected
+    else:
+        ranked = _reject_duplicates(df, rescan=fmt != "csv")
 
-    notes = ranked.where(F.col("reject_reason").isNull()).select(
-        "note_id", "subject_id", "hadm_id", "category", "text",
-        F.sha2(F.col("text"), 256).substr(1, 32).alias("note_hash"), "source_row",
-    )
-    rejects = ranked.where(F.col("reject_reason").isNotNull()).select(
-        "note_id", F.col("reject_reason").alias("reason"), "source_row",
-        F.col("reject_detail").alias("detail"),
-    )
-    return Notes(notes=notes, rejects=rejects)
+    ok = F.col("reject_reason").isNull()
+    return split_records(ranked.select(
+        "note_id", "subject_id", "hadm_id", "category", F.when(ok, F.col("text")).alias("text"),
+        F.when(ok, F.sha2(F.col("text"), 256).substr(1, 32)).alias("note_hash"), "source_row",
+        "reject_reason", "reject_detail"))

@@ -127,8 +127,9 @@ class Pipeline:
     def notes(self) -> io.Notes:
         """The input, read once per run (only stages that need it read it)."""
         if self._notes is None:
-            n = io.read_notes(self.spark, self.cfg.input)
-            self._notes = io.Notes(self._persist(n.notes), self._persist(n.rejects))
+            # Both halves from one persisted frame: the input is read and checked once.
+            records = self._persist(io.read_notes(self.spark, self.cfg.input).records)
+            self._notes = io.split_records(records)
         return self._notes
 
     def _fp(self, table: str, settings: dict) -> str:

@@ -143,3 +143,29 @@ def test_category_is_trimmed(spark, tmp_path):
     p.write_text('ROW_ID,CATEGORY,TEXT\n1,Physician ,"Plan: rest."\n')
     notes = io.read_notes(spark, InputConfig(path=str(p)))
     assert notes.notes.first().category == "Physician"
+
+
+def test_parquet_duplicate_ids_the_first_usable_record_wins(spark, tmp_path):
+    """Columnar inputs look for repeated ids in a pass over the ids alone and search for
+    duplicates only when one repeats; the rule is the same as for CSV either way."""
+    import pandas as pd
+
+    p = tmp_path / "dups.parquet"
+    pd.DataFrame({"ROW_ID": [" 7", "7", "8", "8", "9"],
+                  "TEXT": ["  ", "Seven.", "Eight.", "Eight again.", "Nine."]}).to_parquet(p)
+    notes = io.read_notes(spark, InputConfig(path=str(p)))
+    kept = {r.note_id: r.text for r in notes.notes.collect()}
+    assert kept == {"7": "Seven.", "8": "Eight.", "9": "Nine."}
+    rej = sorted((r.note_id, r.reason, r.source_row) for r in notes.rejects.collect())
+    src = {r.note_id: r.source_row for r in notes.notes.collect()}
+    assert [(n, why) for n, why, _ in rej] == [("7", "empty_text"), ("8", "duplicate_id")]
+    assert rej[1][2] > src["8"]  # the later record of 8 is the one rejected
+
+    unique = tmp_path / "unique.parquet"
+    pd.DataFrame({"ROW_ID": ["1", "2", "3"], "TEXT": ["A.", "", "C."]}).to_parquet(unique)
+    notes = io.read_notes(spark, InputConfig(path=str(unique)))
+    assert sorted(r.note_id for r in notes.notes.collect()) == ["1", "3"]
+    assert [(r.note_id, r.reason) for r in notes.rejects.collect()] == [("2", "empty_text")]
+    # records: both halves in one frame (what the jobs persist to read the input once)
+    rec = {r.note_id: r.reject_reason for r in notes.records.collect()}
+    assert rec == {"1": None, "2": "empty_text", "3": None}

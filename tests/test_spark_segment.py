@@ -81,3 +81,17 @@ def test_bad_flags_give_clear_errors(spark, tmp_path, capsys):
     assert _run_segment(["--input", "x", "--output", "o", "--encode.pooling", "max"]) == 2
     err = capsys.readouterr().err
     assert "input not found" in err and "encode.pooling" in err
+
+
+def test_sentence_text_is_stored_without_a_dictionary(spark, demo_csv, tmp_path):
+    """Free text hardly repeats: the writer stores it plainly (a dictionary cost the job
+    time and saved nothing); short repeated columns keep theirs."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "s"
+    assert _run_segment(["--input", str(demo_csv), "--output", str(out)]) == 0
+    f = next(out.glob("*.parquet"))
+    meta = pq.ParquetFile(f).metadata.row_group(0)
+    cols = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert not cols["text"].has_dictionary_page
+    assert cols["section_category"].has_dictionary_page

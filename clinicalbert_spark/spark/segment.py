@@ -18,6 +18,9 @@ from pyspark.sql import types as T
 
 from ..segment import get_segmenter
 from .. import schemas
+from ..io import NOTE_COLUMNS
+
+_REASON = ("reject_reason", "reject_detail")  # the columns a Notes.records frame adds
 
 _SEGMENTERS: dict[str, object] = {}  # one per Python worker, reused across tasks
 
@@ -109,22 +112,27 @@ def segment_notes(notes: DataFrame, backend: str = "rules", include_text: bool =
     """The notes with a :data:`NOTE_SEGMENTS` column (``_seg``); :func:`split_segment_output`
     turns it into sentences and rejects. Persist it when both are used.
 
-    ``notes`` has the columns of :class:`clinicalbert_spark.io.Notes.notes`.
+    ``notes`` has the columns of :class:`clinicalbert_spark.io.Notes.notes`, or is a
+    ``Notes.records`` frame: its rejected records (no text) pass through unsegmented and
+    come out with the rejects, so one pass over the input gives both tables.
     """
     from pyspark.sql.functions import pandas_udf
 
     # Validate the backend on the driver so a missing optional model fails fast and clearly.
     seg = get_segmenter(backend)
-    df = notes.select("note_id", "subject_id", "hadm_id", "category", "text", "note_hash",
-                      "source_row")
+    df = notes.select(*NOTE_COLUMNS, *[c for c in _REASON if c in notes.columns])
     if partitions:
         df = df.repartition(partitions)
 
     def fn(it: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         return segment_series(it, backend, include_text)
 
-    udf = pandas_udf(fn, NOTE_SEGMENTS)
-    return (df.withColumn(SEG_COLUMN, udf(F.col("note_id"), F.col("text")))
+    # Nondeterministic so the optimizer never copies the call: a filter on its output
+    # (rejects vs sentences) pushed below a join ran the segmenter twice per note.
+    udf = pandas_udf(fn, NOTE_SEGMENTS).asNondeterministic()
+    # The note text is not carried past the segmenter (a persisted result would hold it
+    # twice, with the sentence texts); note_hash was taken of it before.
+    return (df.withColumn(SEG_COLUMN, udf(F.col("note_id"), F.col("text"))).drop("text")
               .withColumn("_segmenter", F.lit(seg.name))
               .withColumn("_segmenter_version", F.lit(seg.version)))
 
@@ -133,7 +141,8 @@ def split_segment_output(out: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(sentences, rejects) from :func:`segment_notes`: sentence rows are exploded here, in
     the JVM, where the note's other columns are."""
     seg = F.col(SEG_COLUMN)
-    ok = out.where(seg["error"].isNull())
+    usable = _usable(out)
+    ok = out.where(usable & seg["error"].isNull())
     z = F.arrays_zip(seg["start"].alias("start"), seg["end"].alias("end"),
                      seg["text"].alias("text"), seg["sec"].alias("sec"), seg["sub"].alias("sub"))
     exploded = ok.select("*", F.posexplode(z).alias("_pos", "_s"))
@@ -157,7 +166,26 @@ def split_segment_output(out: DataFrame) -> tuple[DataFrame, DataFrame]:
     }
     sentences = exploded.select(*[columns[f.name].cast(f.dataType).alias(f.name)
                                   for f in schemas.SENTENCES.fields if f.name != "fingerprint"])
-    rejects = out.where(seg["error"].isNotNull()).select(
+    rejects = out.where(usable & seg["error"].isNotNull()).select(
         "note_id", F.lit("segmentation_error").alias("reason"), "source_row",
         seg["error"].alias("detail"))
+    if _REASON[0] in out.columns:  # a records frame: its rejected records first
+        rejects = out.where(~usable).select(
+            "note_id", F.col(_REASON[0]).alias("reason"), "source_row",
+            F.col(_REASON[1]).alias("detail")).unionByName(rejects)
     return sentences, rejects
+
+
+def _usable(out: DataFrame) -> F.Column:
+    """True for a note the segmenter was meant to see (all but a records frame's rejects)."""
+    return F.col(_REASON[0]).isNull() if _REASON[0] in out.columns else F.lit(True)
+
+
+def segment_counts(out: DataFrame) -> tuple[int, int]:
+    """(notes with sentences, sentences) of :func:`segment_notes` output, counted per note
+    (one pass over the note rows; no sentence rows are made, no shuffle)."""
+    seg = F.col(SEG_COLUMN)
+    n = F.when(_usable(out) & seg["error"].isNull(), F.size(seg["start"]))
+    row = out.agg(F.count(F.when(n > 0, True)).alias("notes"), F.sum(n).alias("sentences")).first()
+    return row["notes"] or 0, row["sentences"] or 0
+
