@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_JAVA: dict[int, bool] = {}  # pid -> whether the process is a JVM (as last sampled)
+
+
 def _tree_cpu(root: int, seen: dict[int, float]) -> None:
     """Record the CPU seconds (user + system) of ``root`` and every process below it."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -160,9 +163,11 @@ def _tree_cpu(root: int, seen: dict[int, float]) -> None:
             continue
         try:
             with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                stat = f.read()
         except OSError:
             continue
+        fields = stat.rsplit(")", 1)[1].split()
+        _JAVA[int(d)] = "java" in stat[stat.find("(") + 1:stat.rfind(")")]
         parent[int(d)] = int(fields[1])
         cpu[int(d)] = (int(fields[11]) + int(fields[12])) / tick
     for pid, t in cpu.items():
@@ -171,6 +176,24 @@ def _tree_cpu(root: int, seen: dict[int, float]) -> None:
             p = parent[p]
         if p == root:
             seen[pid] = max(seen.get(pid, 0.0), t)
+
+
+def _library_worker(texts: list[str]) -> float:
+    return _throughput(get_segmenter("rules"), texts)["mb_per_s_cpu"]
+
+
+def _library_on_all_cores(texts: list[str], n: int) -> float:
+    """MB/s per core of ``n`` processes segmenting at the same time (the baseline a job on
+    ``n`` cores can reach at best: busy neighbours slow a core down)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(n) as ex:
+        return sum(ex.map(_library_worker, [texts] * n)) / n
+
+
+def seen_py(seen: dict[int, float]) -> float:
+    """CPU seconds of the Python processes among ``seen`` (the job's Python workers)."""
+    return sum(t for pid, t in seen.items() if not _JAVA.get(pid, False))
 
 
 def spark_vs_library(args) -> int:
@@ -201,6 +224,7 @@ def spark_vs_library(args) -> int:
         mb = sum(len(t) for t in df.TEXT) / 1e6
         print(f"corpus: {len(df)} notes, {mb:.1f} M chars ({reps} x the shared notes)")
         lib = _throughput(get_segmenter("rules"), texts)
+        lib_n = _library_on_all_cores(texts, args.spark_cores)
         job = [sys.executable, str(Path(__file__).resolve().parents[1] / "jobs" / "segment_notes.py"),
                "--input", str(work / "notes.parquet"), "--output", str(work / "out"),
                "--master", f"local[{args.spark_cores}]", "--set", "spark.conf.spark.ui.enabled=false"]
@@ -225,13 +249,18 @@ def spark_vs_library(args) -> int:
         secs = float([ln.split()[-1] for ln in res.stdout.splitlines()
                       if ln.strip().startswith("seconds")][-1])
         per_core = mb / secs / args.spark_cores
+        n = args.spark_cores
         print(f"library (rules, 1 core, CPU time): {lib['mb_per_s_cpu']:.2f} MB/s")
-        print(f"segment job (local[{args.spark_cores}], Parquet in/out): {secs:.1f} s "
+        print(f"library (rules, {n} processes at once, CPU time): {lib_n:.2f} MB/s per core "
+              f"(cores that share caches and memory bandwidth: the most {n} busy cores give)")
+        print(f"segment job (local[{n}], Parquet in/out): {secs:.1f} s "
               f"({wall:.1f} s with JVM start) = {per_core:.2f} MB/s per core")
-        print(f"job / library per core (wall): {per_core / lib['mb_per_s_cpu']:.2f}")
+        print(f"job / library per core (wall): {per_core / lib['mb_per_s_cpu']:.2f} "
+              f"(vs {n} at once: {per_core / lib_n:.2f})")
         print(f"segment job CPU time (JVM + Python workers, start-up included): {cpu:.1f} s = "
               f"{mb / cpu:.2f} MB/s per CPU-second; job / library: "
               f"{mb / cpu / lib['mb_per_s_cpu']:.2f}")
+        print(f"  of which Python workers {seen_py(seen):.1f} s, JVM {cpu - seen_py(seen):.1f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

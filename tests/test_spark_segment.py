@@ -95,3 +95,24 @@ def test_sentence_text_is_stored_without_a_dictionary(spark, demo_csv, tmp_path)
     cols = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
     assert not cols["text"].has_dictionary_page
     assert cols["section_category"].has_dictionary_page
+
+
+def test_local_run_gets_a_heap_for_a_full_input_split(tmp_path):
+    """Spark's 1 GiB default heap ran out on one 128 MB split of notes (the persisted
+    segmenter output); a local run not told otherwise gets a quarter of the RAM, 2-8 GiB."""
+    import subprocess
+    import sys
+
+    from clinicalbert_spark.spark.session import local_driver_memory
+
+    want = local_driver_memory()
+    assert want.endswith("g") and 2 <= int(want[:-1]) <= 8
+    code = ("from clinicalbert_spark.config import SparkConfig\n"
+            "from clinicalbert_spark.spark.session import get_spark\n"
+            "s = get_spark(SparkConfig(master='local[1]', conf={'spark.ui.enabled': 'false'}))\n"
+            "print('HEAP', s.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    heap = int(next(ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("HEAP")))
+    # the JVM reports a little under -Xmx (one survivor space)
+    assert 0.85 * (int(want[:-1]) << 30) < heap <= int(want[:-1]) << 30

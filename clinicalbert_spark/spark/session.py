@@ -275,6 +275,16 @@ def _scratch_conf(cfg: SparkConfig, conf: dict[str, str], local: bool) -> None:
     log.info("scratch folder %s (private: spark.local.dir, java.io.tmpdir, TMPDIR)", path)
 
 
+def local_driver_memory() -> str:
+    """A quarter of this machine's memory, 2 to 8 GiB: the heap of a local-mode run (the
+    driver runs the tasks) unless ``spark.driver.memory`` is given."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 << 30
+    return f"{max(2, min(8, ram // 4 >> 30))}g"
+
+
 def get_spark(cfg: SparkConfig) -> SparkSession:
     """Return the active SparkSession or build one from ``cfg``.
 
@@ -307,6 +317,9 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     if not under_spark_submit() and local:
         # Local mode: a few shuffle partitions per core, not 200 tiny tasks.
         conf["spark.sql.shuffle.partitions"] = str(4 * (os.cpu_count() or 2))
+        # Spark's 1 GiB default heap is too small for one task on a 128 MB input split
+        # (persisted segmenter output held whole notes' sentences): a quarter of the RAM.
+        conf["spark.driver.memory"] = local_driver_memory()
     conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(cfg.arrow_batch_size)
     conf.update(cfg.conf)
     if SparkContext._active_spark_context is None:
