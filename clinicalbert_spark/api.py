@@ -1,7 +1,8 @@
 """The public API: segment, embed and predict on any Spark DataFrame, from a notebook or a job.
 
 Plain keyword arguments, no configuration objects; every function returns a lazy DataFrame
-and works the same on a classic SparkSession and over Spark Connect. The jobs in ``jobs/``
+(``segment_notes`` first runs one small job over the id column, to learn whether any id
+repeats) and works the same on a classic SparkSession and over Spark Connect. The jobs in ``jobs/``
 are thin users of these functions, so a notebook and a nightly run give the same rows.
 
 Models are loaded once per Python worker (a per-process cache) and encoded in length-sorted,
