@@ -160,17 +160,20 @@ class Notes:
 
 NOTE_COLUMNS = ("note_id", "subject_id", "hadm_id", "category", "text", "note_hash",
                 "source_row")
+REASON_COLUMNS = ("reject_reason", "reject_detail")  # what a records frame adds
 
 
 def split_records(records: DataFrame) -> Notes:
     """:class:`Notes` of a ``records`` frame (persist it first to read the input once)."""
-    reason = F.col("reject_reason")
-    return Notes(
-        notes=records.where(reason.isNull()).select(*NOTE_COLUMNS),
-        rejects=records.where(reason.isNotNull()).select(
-            "note_id", reason.alias("reason"), "source_row",
-            F.col("reject_detail").alias("detail")),
-        records=records)
+    return Notes(notes=records.where(F.col(REASON_COLUMNS[0]).isNull()).select(*NOTE_COLUMNS),
+                 rejects=rejected_records(records), records=records)
+
+
+def rejected_records(records: DataFrame) -> DataFrame:
+    """The rejects (``REJECTS_SCHEMA``) of any frame that carries :data:`REASON_COLUMNS`."""
+    reason, detail = REASON_COLUMNS
+    return records.where(F.col(reason).isNotNull()).select(
+        "note_id", F.col(reason).alias("reason"), "source_row", F.col(detail).alias("detail"))
 
 
 def _csv_with_header(path: str, encoding: str) -> csv_source.CsvLayout:

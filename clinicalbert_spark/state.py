@@ -693,9 +693,8 @@ def _parquet_writer(df: DataFrame, fmt: str = "parquet"):
     w = df.write.format(fmt)
     if fmt == "parquet":
         w = w.option("compression", "zstd")
-    for c in ("text",):
-        if c in df.columns:
-            w = w.option(f"parquet.enable.dictionary#{c}", "false")
+    if "text" in df.columns:
+        w = w.option("parquet.enable.dictionary#text", "false")
     return w
 
 

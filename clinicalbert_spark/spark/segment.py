@@ -18,9 +18,7 @@ from pyspark.sql import types as T
 
 from ..segment import get_segmenter
 from .. import schemas
-from ..io import NOTE_COLUMNS
-
-_REASON = ("reject_reason", "reject_detail")  # the columns a Notes.records frame adds
+from ..io import NOTE_COLUMNS, REASON_COLUMNS, rejected_records
 
 _SEGMENTERS: dict[str, object] = {}  # one per Python worker, reused across tasks
 
@@ -120,7 +118,7 @@ def segment_notes(notes: DataFrame, backend: str = "rules", include_text: bool =
 
     # Validate the backend on the driver so a missing optional model fails fast and clearly.
     seg = get_segmenter(backend)
-    df = notes.select(*NOTE_COLUMNS, *[c for c in _REASON if c in notes.columns])
+    df = notes.select(*NOTE_COLUMNS, *[c for c in REASON_COLUMNS if c in notes.columns])
     if partitions:
         df = df.repartition(partitions)
 
@@ -169,16 +167,15 @@ def split_segment_output(out: DataFrame) -> tuple[DataFrame, DataFrame]:
     rejects = out.where(usable & seg["error"].isNotNull()).select(
         "note_id", F.lit("segmentation_error").alias("reason"), "source_row",
         seg["error"].alias("detail"))
-    if _REASON[0] in out.columns:  # a records frame: its rejected records first
-        rejects = out.where(~usable).select(
-            "note_id", F.col(_REASON[0]).alias("reason"), "source_row",
-            F.col(_REASON[1]).alias("detail")).unionByName(rejects)
+    if REASON_COLUMNS[0] in out.columns:  # a records frame: its rejected records first
+        rejects = rejected_records(out).unionByName(rejects)
     return sentences, rejects
 
 
 def _usable(out: DataFrame) -> F.Column:
     """True for a note the segmenter was meant to see (all but a records frame's rejects)."""
-    return F.col(_REASON[0]).isNull() if _REASON[0] in out.columns else F.lit(True)
+    reason = REASON_COLUMNS[0]
+    return F.col(reason).isNull() if reason in out.columns else F.lit(True)
 
 
 def segment_counts(out: DataFrame) -> tuple[int, int]:
@@ -188,4 +185,3 @@ def segment_counts(out: DataFrame) -> tuple[int, int]:
     n = F.when(_usable(out) & seg["error"].isNull(), F.size(seg["start"]))
     row = out.agg(F.count(F.when(n > 0, True)).alias("notes"), F.sum(n).alias("sentences")).first()
     return row["notes"] or 0, row["sentences"] or 0
-
