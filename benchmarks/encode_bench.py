@@ -10,6 +10,12 @@ which cannot be downloaded here), printing sentences/s and tokens/s for
                token-budget batches, padding to a multiple of 8, windows for
                long sentences);
 (c) spark   -- optional (``--spark``): the lead's Spark job end to end.
+(c') executor path -- optional (``--executor-path``): what each Spark task runs, without
+               Spark: the sentences Parquet read in Arrow batches of
+               ``spark.arrow_batch_size`` rows, ``spark.encode.embed_batches`` (the
+               ``mapInPandas`` body: 16k-row chunks through ``encode_stream``, output
+               frames) and the output frames turned into Arrow. For a GPU machine without
+               a JVM; needs pyspark's Python package (no JVM) and pydantic.
 
 The naive baseline is slow, so it runs on a subset (``--naive-n``) and its
 per-sentence rate is used as is (rates are per sentence and per token; the
@@ -150,6 +156,7 @@ def run_batched(loaded, sentences, device, cfg):
         "oom_retries": st.oom_retries,
         "windowed_rows": int((res.n_windows > 1).sum()),
         "seconds": dt,
+        "prepare_seconds": st.prepare_seconds,
         "sentences_per_s": len(sentences) / dt,
         "tokens_per_s": st.real_tokens / dt,
         "max_tokens": enc.max_tokens,
@@ -180,14 +187,7 @@ def run_spark(model_dir, sentences, args):
                   "conf": {"spark.ui.enabled": "false"}},
     })
     work = Path(tempfile.mkdtemp(prefix="encode-bench-spark-"))
-    import pandas as pd
-
-    pd.DataFrame({"note_id": [f"n{i // 20}" for i in range(len(sentences))],
-                  "sentence_index": np.arange(len(sentences), dtype=np.int32),
-                  "start": np.zeros(len(sentences), dtype=np.int32),
-                  "end": np.array([len(x) for x in sentences], dtype=np.int32),
-                  "section_category": "other", "text": sentences, "note_hash": "h"}
-                 ).to_parquet(work / "sentences.parquet", index=False)
+    sentences_frame(sentences).to_parquet(work / "sentences.parquet", index=False)
     cfg.input.path = str(work / "sentences.parquet")
     cfg.output.path = str(work / "embeddings")
     # Each of the `cores` Python workers runs torch on one thread (what the job does on an
@@ -202,6 +202,47 @@ def run_spark(model_dir, sentences, args):
     finally:
         spark.stop()
     return {"sentences": n, "seconds": dt, "sentences_per_s": n / dt, "workers": cores}
+
+
+def sentences_frame(sentences):
+    """The sentences as a sentences table (``schemas.SENTENCES`` columns the embed stage reads)."""
+    import pandas as pd
+
+    return pd.DataFrame({"note_id": [f"n{i // 20}" for i in range(len(sentences))],
+                         "sentence_index": np.arange(len(sentences), dtype=np.int32),
+                         "start": np.zeros(len(sentences), dtype=np.int32),
+                         "end": np.array([len(x) for x in sentences], dtype=np.int32),
+                         "section_category": "other", "text": sentences, "note_hash": "h"})
+
+
+def run_executor_path(model_dir, sentences, args):
+    """(c') One Spark task's work without Spark (see the module docstring). The encoder is
+    loaded (and cached, as on a worker) before the clock, like (b)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clinicalbert_spark.config import EncodeConfig, SparkConfig
+    from clinicalbert_spark.spark.encode import SENTENCE_KEEP, embed_batches, get_encoder
+
+    cfg = EncodeConfig(model=str(model_dir), pooling=args.pooling, max_length=args.max_length,
+                       max_tokens=args.max_tokens, precision=args.precision,
+                       compile=args.compile, device=args.device)
+    work = Path(tempfile.mkdtemp(prefix="encode-bench-exec-"))
+    sentences_frame(sentences).to_parquet(work / "sentences.parquet", index=False)
+    get_encoder(cfg).encode(sentences[: min(256, len(sentences))])  # load + warm-up
+    arrow_rows = SparkConfig().arrow_batch_size
+    sync(resolve_device(args.device))
+    t0 = time.perf_counter()
+    frames = (b.to_pandas() for b in
+              pq.ParquetFile(work / "sentences.parquet").iter_batches(batch_size=arrow_rows))
+    rows = out_bytes = 0
+    for out in embed_batches(frames, cfg, "bench", None, keep=SENTENCE_KEEP, stats=True):
+        batch = pa.Table.from_pandas(out, preserve_index=False)  # what the worker sends
+        rows += batch.num_rows
+        out_bytes += batch.nbytes
+    dt = time.perf_counter() - t0
+    return {"sentences": rows, "seconds": dt, "sentences_per_s": rows / dt,
+            "arrow_batch_rows": arrow_rows, "output_arrow_bytes": out_bytes}
 
 
 def main(argv=None) -> dict:
@@ -220,6 +261,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--spark", action="store_true", help="also time the Spark job (c)")
+    ap.add_argument("--executor-path", action="store_true",
+                    help="also time one Spark task's work without Spark (c')")
     ap.add_argument("--compare-precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
                     help="also run (b) at this precision (e.g. bf16 on a CPU with AMX) and "
                          "report its speed and cosine agreement with the first (b)")
@@ -263,7 +306,8 @@ def main(argv=None) -> dict:
           f"{batched['tokens_per_s']:9.0f} tokens/s ({batched['seconds']:.1f} s, {batched['batches']} batches, "
           f"{batched['windowed_rows']} windowed rows)")
     print(f"    padding efficiency (real/computed tokens): {batched['padding_efficiency']:.3f}; "
-          f"oom retries: {batched['oom_retries']}")
+          f"oom retries: {batched['oom_retries']}; host preparation (tokenize, windows) "
+          f"{batched['prepare_seconds']:.2f} s of {batched['seconds']:.2f} s")
     if "naive" in results:
         ratio = batched["sentences_per_s"] / results["naive"]["sentences_per_s"]
         results["speedup_b_over_a"] = ratio
@@ -311,6 +355,15 @@ def main(argv=None) -> dict:
                   f"{spark_res['workers']} workers x 1 thread, n={spark_res['sentences']}: "
                   f"{spark_res['sentences_per_s']:8.1f} sentences/s ({spark_res['seconds']:.1f} s); "
                   f"(c)/(b) = {ratio_c:.2f}")
+    if args.executor_path:
+        ex = run_executor_path(model_dir, sentences, args)
+        results["executor_path"] = ex
+        ratio_e = ex["sentences_per_s"] / batched["sentences_per_s"]
+        results["executor_path_over_batched"] = ratio_e
+        print(f"(c') one Spark task's work without Spark (Parquet -> Arrow batches of "
+              f"{ex['arrow_batch_rows']} -> embed_batches -> Arrow), n={ex['sentences']}: "
+              f"{ex['sentences_per_s']:8.1f} sentences/s ({ex['seconds']:.1f} s); "
+              f"(c')/(b) = {ratio_e:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     tmp.cleanup()

@@ -150,3 +150,51 @@ def test_plan_batches_closes_early_at_length_change_once_filled():
     assert [b.tolist() for b in plan_batches(lengths, 64, 8, min_fill=1.0)] == [[0, 1, 2, 3]]
     # a batch below min_fill keeps taking shorter rows rather than running nearly empty
     assert [b.tolist() for b in plan_batches([16, 8, 8, 8], 256, 8)] == [[0, 1, 2, 3]]
+
+
+def _segments_by_hand(token_ids, max_length, stride, long_policy, cls_id=1, sep_id=2):
+    """The per-row definition build_segments vectorises."""
+    window = max_length - 2
+    out = []  # (row, start, ids)
+    for r, content in enumerate(token_ids):
+        if content is None:
+            continue
+        n = len(content)
+        starts = window_starts(n, window, stride) if (n > window and long_policy == "window") else [0]
+        for s in starts:
+            out.append((r, int(s), [cls_id] + list(content[s:s + window]) + [sep_id]))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["window", "truncate"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_segments_and_collate_match_the_per_row_definition(policy, seed):
+    rng = np.random.default_rng(seed)
+    token_ids = []
+    for _ in range(300):
+        kind = rng.random()
+        if kind < 0.1:
+            token_ids.append(None)
+        elif kind < 0.15:
+            token_ids.append([])
+        else:
+            n = int(rng.choice([rng.integers(1, 14), rng.integers(14, 60)]))
+            token_ids.append(rng.integers(5, 999, size=n).tolist())
+    seg = build_segments(token_ids, max_length=16, stride=4, long_policy=policy, cls_id=1, sep_id=2)
+    ref = _segments_by_hand(token_ids, 16, 4, policy)
+    assert len(seg) == len(ref)
+    assert seg.row.tolist() == [r for r, _, _ in ref]
+    assert seg.start.tolist() == [s for _, s, _ in ref]
+    assert [x.tolist() for x in seg.ids] == [ids for _, _, ids in ref]
+    assert seg.lengths.tolist() == [len(ids) for _, _, ids in ref]
+    counts = np.bincount(seg.row, minlength=len(token_ids))
+    np.testing.assert_array_equal(seg.n_windows, counts)
+    np.testing.assert_array_equal(
+        seg.n_tokens, np.bincount(seg.row, weights=seg.lengths, minlength=len(token_ids)))
+    long = np.array([c is not None and len(c) > 14 for c in token_ids])
+    np.testing.assert_array_equal(seg.truncated, long & (policy == "truncate"))
+    index = rng.permutation(len(seg))[:37]
+    for a, b in zip(collate(seg, index, 0, 8), collate(seg.ids, index, 0, 8)):
+        np.testing.assert_array_equal(a, b)
+    empty = build_segments([None, None], max_length=16, stride=4, long_policy=policy, cls_id=1, sep_id=2)
+    assert len(empty) == 0 and empty.n_windows.tolist() == [0, 0]

@@ -281,3 +281,102 @@ def test_encoder_cached_once_per_process(tmp_path):
     assert load_count(key) == 1
     assert made[2].encode(["chest pain"]).status == ["ok"]
     clear_cache()
+
+
+HARD_TEXTS = SENTENCES + [
+    "Café au lait spots; naïve T-cells, β-blocker 25 mg.",
+    "Zero\u200bwidth and\u00a0no-break spaces\ttabs\r\nnewlines",
+    "Text with [SEP] and [CLS] and [MASK] inside it.",
+    "\x01\x02",  # control characters only: the tokenizer yields nothing
+    "UPPER lower MiXeD 12.5mg q6h prn",
+    " ".join(CLINICAL_WORDS) * 3,  # long: no truncation
+    "\u4e2d\u6587 emoji \U0001F600 end.",
+]
+
+
+def test_tokenize_fast_path_matches_the_tokenizer_call(loaded):
+    # tokenize_texts reads ids from the Rust tokenizer directly; they must be exactly what
+    # the transformers call gives (no special tokens, no truncation), row for row.
+    from clinicalbert_spark.encode.runtime import classify_texts, tokenize_texts
+    from clinicalbert_spark.testing import minilm_path
+
+    tokenizers = [loaded.tokenizer]
+    if minilm_path() is not None:
+        from transformers import AutoTokenizer
+
+        tokenizers.append(AutoTokenizer.from_pretrained(str(minilm_path())))
+    texts = HARD_TEXTS + [None, "   ", 7]
+    for tok in tokenizers:
+        assert tok.is_fast
+        status = classify_texts(texts)
+        fast = tokenize_texts(tok, texts, status)
+        ref = tok(HARD_TEXTS, add_special_tokens=False, truncation=False)["input_ids"]
+        for i, r in enumerate(ref):
+            assert (fast[i] or []) == r, f"row {i}"
+            assert status[i] == ("ok" if r else "no_tokens")
+        assert fast[len(HARD_TEXTS):] == [None] * 3
+        assert len(fast[HARD_TEXTS.index(" ".join(CLINICAL_WORDS) * 3)]) > 128
+        # A tokenizer saved with truncation on (tokenizer.json) still tokenizes in full.
+        tok.backend_tokenizer.enable_truncation(16)
+        long_row = tokenize_texts(tok, HARD_TEXTS[-2:-1], ["ok"])[0]
+        assert len(long_row) == len(ref[-2])
+
+
+def test_encode_stream_matches_encode_chunk_by_chunk(loaded):
+    enc = SentenceEncoder(loaded, EncoderConfig(), device="cpu")
+    chunks = [SENTENCES[:4], [], HARD_TEXTS, [None, "Only one."]]
+    frames = [{"id": i, "text": c} for i, c in enumerate(chunks)]
+    out = list(enc.encode_stream(frames, texts=lambda f: f["text"]))
+    assert [f["id"] for f, _ in out] == [0, 1, 2, 3]  # order and the chunks themselves kept
+    for chunk, (_, res) in zip(chunks, out):
+        ref = enc.encode(chunk)
+        assert res.status == ref.status
+        np.testing.assert_array_equal(res.n_tokens, ref.n_tokens)
+        np.testing.assert_allclose(res.embeddings, ref.embeddings, rtol=0, atol=1e-6)
+    assert list(enc.encode_stream([])) == []
+
+
+def test_encode_stream_raises_the_preparation_error_in_order(loaded):
+    enc = SentenceEncoder(loaded, EncoderConfig(), device="cpu")
+
+    class Boom(Exception):
+        pass
+
+    def texts(chunk):
+        if chunk == "bad":
+            raise Boom()
+        return chunk
+
+    got = []
+    with pytest.raises(Boom):
+        for chunk, _ in enc.encode_stream([SENTENCES[:2], "bad", SENTENCES[2:4]], texts=texts):
+            got.append(chunk)
+    assert got == [SENTENCES[:2]]
+
+
+def test_ready_4d_mask_gives_the_same_vectors(loaded):
+    # On a GPU the encoder passes SDPA a ready 4-D mask (no host sync per batch); forced
+    # here on CPU, the vectors must equal the 2-D mask path's.
+    ref = SentenceEncoder(loaded, EncoderConfig(precision="fp32"), device="cpu")
+    alt = SentenceEncoder(loaded, EncoderConfig(precision="fp32"), device="cpu")
+    if getattr(loaded.model.config, "_attn_implementation", None) != "sdpa":
+        pytest.skip("model not loaded with SDPA")
+    alt._mask_4d = True
+    a, b = ref.encode(HARD_TEXTS), alt.encode(HARD_TEXTS)
+    np.testing.assert_allclose(a.embeddings, b.embeddings, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_bf16_runs_bf16_weights_within_the_gate(loaded):
+    from clinicalbert_spark.encode.fidelity import row_cosines
+
+    fp32 = SentenceEncoder(loaded, EncoderConfig(precision="fp32"), device="cuda")
+    bf16 = SentenceEncoder(loaded, EncoderConfig(precision="bf16"), device="cuda")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert next(loaded.model.parameters()).dtype == torch.float32  # a copy; the loaded model kept
+    assert bf16._mask_4d
+    texts = SENTENCES + HARD_TEXTS
+    a, b = fp32.encode(texts), bf16.encode(texts)
+    assert a.status == b.status and b.embeddings.dtype == np.float32
+    ok = a.ok
+    assert row_cosines(a.embeddings[ok], b.embeddings[ok]).mean() >= 0.995

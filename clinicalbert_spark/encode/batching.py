@@ -18,7 +18,7 @@ Pipeline used by :class:`~clinicalbert_spark.encode.SentenceEncoder` and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -162,14 +162,21 @@ def window_starts(n_content: int, window: int, stride: int) -> np.ndarray:
     return starts
 
 
-@dataclass
 class Segments:
     """Model inputs derived from a list of token id lists.
 
+    The segments are held packed, one after the other in :attr:`flat`, so that building
+    and collating them is a few numpy operations rather than Python work per row (which
+    kept a GPU waiting for the host).
+
     Attributes
     ----------
-    ids : list of ndarray of int64
-        One array per segment: ``[CLS] content [SEP]``.
+    flat : ndarray of int64
+        Every segment's ids, ``[CLS] content [SEP]``, back to back.
+    offsets : ndarray of int64
+        Where each segment starts in :attr:`flat`.
+    lengths : ndarray of int64
+        Length of each segment in tokens.
     row : ndarray of int64
         Input row of each segment; segments of a row are contiguous and in
         text order.
@@ -185,17 +192,21 @@ class Segments:
         summed over windows.
     """
 
-    ids: list
-    row: np.ndarray
-    start: np.ndarray
-    n_windows: np.ndarray
-    truncated: np.ndarray
-    n_tokens: np.ndarray
+    def __init__(self, flat, offsets, lengths, row, start, n_windows, truncated, n_tokens):
+        self.flat, self.offsets, self.lengths = flat, offsets, lengths
+        self.row, self.start = row, start
+        self.n_windows, self.truncated, self.n_tokens = n_windows, truncated, n_tokens
+        self._ids = None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
 
     @property
-    def lengths(self) -> np.ndarray:
-        """Length of each segment in tokens."""
-        return np.fromiter((len(s) for s in self.ids), dtype=np.int64, count=len(self.ids))
+    def ids(self) -> list:
+        """One array (a view of :attr:`flat`) per segment."""
+        if self._ids is None:
+            self._ids = [self.flat[o:o + n] for o, n in zip(self.offsets.tolist(), self.lengths.tolist())]
+        return self._ids
 
 
 def build_segments(
@@ -233,47 +244,57 @@ def build_segments(
     if window < 1:
         raise ValueError("max_length must be >= 3")
     n_rows = len(token_ids)
-    ids, rows, starts = [], [], []
-    n_windows = np.zeros(n_rows, dtype=np.int32)
+    n_content = np.fromiter((-1 if c is None else len(c) for c in token_ids), dtype=np.int64,
+                            count=n_rows)
+    kept = n_content >= 0
+
+    # One segment per row, except long rows under "window" (few): their windows here.
+    n_windows = kept.astype(np.int32)
+    long_rows = np.flatnonzero(kept & (n_content > window))
     truncated = np.zeros(n_rows, dtype=np.bool_)
-    n_tokens = np.zeros(n_rows, dtype=np.int32)
-    for r, content in enumerate(token_ids):
-        if content is None:
-            continue
-        content = np.asarray(content, dtype=np.int64)
-        n = len(content)
-        if n <= window:
-            offsets = np.zeros(1, dtype=np.int64)
-        elif long_policy == "truncate":
-            offsets = np.zeros(1, dtype=np.int64)
-            truncated[r] = True
-        else:
-            offsets = window_starts(n, window, stride)
-        for s in offsets:
-            piece = content[s : s + window]
-            seg = np.empty(len(piece) + 2, dtype=np.int64)
-            seg[0] = cls_id
-            seg[1:-1] = piece
-            seg[-1] = sep_id
-            ids.append(seg)
-            rows.append(r)
-            starts.append(int(s))
-            n_tokens[r] += len(seg)
-        n_windows[r] = len(offsets)
-    return Segments(
-        ids=ids,
-        row=np.asarray(rows, dtype=np.int64),
-        start=np.asarray(starts, dtype=np.int64),
-        n_windows=n_windows,
-        truncated=truncated,
-        n_tokens=n_tokens,
-    )
+    if long_policy == "truncate":
+        truncated[long_rows] = True
+        starts_of = {int(r): np.zeros(1, dtype=np.int64) for r in long_rows}
+    else:
+        starts_of = {int(r): window_starts(int(n_content[r]), window, stride) for r in long_rows}
+    for r, st in starts_of.items():
+        n_windows[r] = len(st)
+    row = np.repeat(np.arange(n_rows, dtype=np.int64), n_windows)
+    start = np.zeros(len(row), dtype=np.int64)
+    first = np.cumsum(n_windows, dtype=np.int64) - n_windows  # each row's first segment
+    for r, st in starts_of.items():
+        start[first[r]:first[r] + len(st)] = st
+    pieces = np.minimum(n_content[row] - start, window)  # content tokens per segment
+    lengths = pieces + 2
+    offsets = np.cumsum(lengths) - lengths
+
+    flat = np.empty(int(lengths.sum()), dtype=np.int64)
+    flat[offsets] = cls_id
+    flat[offsets + lengths - 1] = sep_id
+    # Rows that fit (nearly all): their content lands whole, right after their [CLS].
+    short_rows = np.flatnonzero(kept & (n_content <= window))
+    counts = n_content[short_rows]
+    if counts.sum():
+        content = np.fromiter(chain.from_iterable(token_ids[r] for r in short_rows.tolist()),
+                              dtype=np.int64, count=int(counts.sum()))
+        shift = np.repeat(offsets[first[short_rows]] + 1 - (np.cumsum(counts) - counts), counts)
+        flat[np.arange(len(content), dtype=np.int64) + shift] = content
+    for r, st in starts_of.items():  # long rows: window by window
+        ids_r = np.asarray(token_ids[r], dtype=np.int64)
+        for k, s in zip(range(first[r], first[r] + len(st)), st.tolist()):
+            flat[offsets[k] + 1:offsets[k] + 1 + pieces[k]] = ids_r[s:s + pieces[k]]
+
+    n_tokens = np.bincount(row, weights=lengths, minlength=n_rows).astype(np.int32)
+    return Segments(flat, offsets, lengths, row, start, n_windows, truncated, n_tokens)
 
 
 def collate(
-    segments: Sequence[np.ndarray], index: np.ndarray, pad_id: int, pad_multiple: int
+    segments: "Segments | Sequence[np.ndarray]", index: np.ndarray, pad_id: int, pad_multiple: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad the selected segments into dense arrays.
+
+    ``segments`` is a :class:`Segments` (gathered with numpy in one go) or a
+    sequence of id arrays.
 
     Returns
     -------
@@ -283,6 +304,15 @@ def collate(
     Right padding keeps position ids identical to an unpadded run, which is
     what makes a segment's output independent of its batch mates.
     """
+    index = np.asarray(index, dtype=np.int64)
+    if isinstance(segments, Segments):
+        lens = segments.lengths[index]
+        plen = padded_length(lens.max(), pad_multiple)
+        cols = np.arange(plen, dtype=np.int64)
+        real = cols[None, :] < lens[:, None]
+        src = np.minimum(segments.offsets[index][:, None] + cols[None, :], len(segments.flat) - 1)
+        input_ids = np.where(real, segments.flat[src], pad_id)
+        return input_ids, real.astype(np.int64)
     lens = [len(segments[i]) for i in index]
     plen = padded_length(max(lens), pad_multiple)
     input_ids = np.full((len(index), plen), pad_id, dtype=np.int64)

@@ -1,14 +1,19 @@
 """Sentence embeddings with token-budget batching and long-text windowing."""
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+import transformers
 
 from .batching import build_segments
 from .device import (
@@ -30,6 +35,8 @@ from .runtime import (
     run_batches,
     tokenize_texts,
 )
+
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 __all__ = ["EncoderConfig", "EncodeResult", "SentenceEncoder", "EncodeStats"]
 
@@ -153,6 +160,31 @@ class EncodeResult:
         return np.fromiter((s == "ok" for s in self.status), dtype=np.bool_, count=len(self.status))
 
 
+@dataclass
+class _Prepared:
+    """A chunk after host preparation (:meth:`SentenceEncoder._prepare`)."""
+
+    n: int
+    status: list
+    seg: Any
+    seconds: float
+
+
+def _sdpa_backends(device: torch.device):
+    """The SDPA kernels the encoder lets torch pick on a GPU: flash, memory-efficient, math.
+
+    cuDNN's attention is left out: it builds a plan for every new batch shape, and
+    token-budget batches have many shapes. On an H100 (torch 2.11) a first pass over 70k
+    sentences ran at 0.71M tokens/s with it and 1.24M without; even with every shape
+    planned it was slower (1.22M vs 1.32M). ``CBS_SDPA_CUDNN=1`` lets it back in.
+    """
+    if device.type != "cuda" or os.environ.get("CBS_SDPA_CUDNN", "0") == "1":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def _special_ids(tokenizer) -> tuple[int, int, int]:
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
@@ -205,8 +237,21 @@ class SentenceEncoder:
         if self.config.max_length > max_pos:
             raise ValueError(f"max_length {self.config.max_length} exceeds the model's {max_pos} positions")
         model = model.to(self.device).eval()
-        # int8: a quantised copy; the loaded model stays fp32 for other users of it.
-        self.model = quantize_int8(model) if self.precision == "int8" else model
+        if self.precision == "int8":
+            # A quantised copy; the loaded model stays fp32 for other users of it.
+            model = quantize_int8(model)
+        elif self.precision == "bf16" and self.device.type == "cuda":
+            # On a GPU the weights themselves run in bf16 (a copy): LayerNorm, GELU and
+            # residual adds then move half the bytes; ~1.25-1.3x autocast's speed on an
+            # H100 (benchmarks/README.md), and within the fidelity gate (pooling stays fp32).
+            model = copy.deepcopy(model).to(torch.bfloat16)
+            self.dtype = torch.float32  # no autocast on top
+        self.model = model
+        # transformers 5 checks a 2-D padding mask with `mask.all()` to drop it for SDPA: a
+        # host sync per batch, so the host cannot queue the next batch while the GPU runs.
+        # A ready 4-D mask (True = attend) is passed through as is, with the same result.
+        self._mask_4d = (self.device.type == "cuda" and _TRANSFORMERS_MAJOR >= 5
+                         and getattr(model.config, "_attn_implementation", None) == "sdpa")
         self.dim = int(loaded.config.hidden_size)
         self.cls_id, self.sep_id, self.pad_id = _special_ids(loaded.tokenizer)
         max_tokens = self.config.max_tokens or DEFAULT_MAX_TOKENS.get(self.device.type, 8192)
@@ -224,16 +269,17 @@ class SentenceEncoder:
         return self.budget.max_tokens
 
     def _model_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with autocast_context(self.device, self.dtype):
+        mask = attention_mask[:, None, None, :].bool() if self._mask_4d else attention_mask
+        with autocast_context(self.device, self.dtype), _sdpa_backends(self.device):
             try:
-                out = self._module(input_ids=input_ids, attention_mask=attention_mask)
+                out = self._module(input_ids=input_ids, attention_mask=mask)
             except Exception as exc:
                 if not self._compiled or is_oom(exc):
                     raise
                 # torch.compile failures surface on first call; eager is always correct.
                 logger.warning("torch.compile failed; falling back to eager", exc_info=True)
                 self._module, self._compiled = self.model, False
-                out = self._module(input_ids=input_ids, attention_mask=attention_mask)
+                out = self._module(input_ids=input_ids, attention_mask=mask)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def encode(self, texts: Sequence[Any]) -> EncodeResult:
@@ -249,9 +295,43 @@ class SentenceEncoder:
         -------
         result : EncodeResult
         """
+        return self._run(self._prepare(texts))
+
+    def encode_stream(self, chunks: Iterable[Any], texts: Callable[[Any], Sequence[Any]] | None = None
+                      ) -> Iterator[tuple[Any, EncodeResult]]:
+        """Embed a stream of chunks, yielding ``(chunk, result)`` in order.
+
+        While the model runs one chunk, the next one is tokenized on a background
+        thread (the tokenizer releases the GIL), so a GPU does not wait for the host
+        between chunks. The chunks themselves are pulled on the calling thread.
+
+        Parameters
+        ----------
+        chunks : iterable
+            Lists of texts, or anything ``texts`` maps to one (e.g. DataFrames).
+        texts : callable, optional
+            ``chunk -> sequence of str``; default: the chunk itself.
+
+        Examples
+        --------
+        >>> for pdf, res in enc.encode_stream(frames, texts=lambda pdf: pdf["text"].tolist()):
+        ...     write(pdf, res.embeddings)
+        """
+        get = texts or (lambda chunk: chunk)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbs-tokenize") as pool:
+            pending = None
+            for chunk in chunks:
+                ready = (chunk, pool.submit(lambda c=chunk: self._prepare(get(c))))
+                if pending is not None:
+                    yield pending[0], self._run(pending[1].result())
+                pending = ready
+            if pending is not None:
+                yield pending[0], self._run(pending[1].result())
+
+    def _prepare(self, texts: Sequence[Any]) -> "_Prepared":
+        """Host work before the model: check and tokenize the texts, cut windows."""
         t0 = time.perf_counter()
         texts = list(texts)
-        n = len(texts)
         cfg = self.config
         status = classify_texts(texts)
         ids = tokenize_texts(self.loaded.tokenizer, texts, status)
@@ -263,20 +343,32 @@ class SentenceEncoder:
             cls_id=self.cls_id,
             sep_id=self.sep_id,
         )
-        stats = EncodeStats(rows=n, segments=len(seg.ids))
-        seg_vectors = np.zeros((len(seg.ids), self.dim), dtype=np.float32)
-        if seg.ids:
+        return _Prepared(len(texts), status, seg, time.perf_counter() - t0)
+
+    def _run(self, prep: "_Prepared") -> EncodeResult:
+        """The model over prepared segments, pooled and averaged back to rows."""
+        t0 = time.perf_counter()
+        cfg, seg, n = self.config, prep.seg, prep.n
+        stats = EncodeStats(rows=n, segments=len(seg), prepare_seconds=prep.seconds)
+        seg_vectors = np.zeros((len(seg), self.dim), dtype=np.float32)
+        if len(seg):
             pooled: list[tuple[np.ndarray, torch.Tensor]] = []
+            cuda = self.device.type == "cuda"
 
             def step(index, input_ids, attention_mask):
                 hidden = self._forward(input_ids, attention_mask)
-                # Kept on the device: no per-batch sync, so the host can
-                # collate the next batch while the GPU still computes.
-                pooled.append((index, pool(hidden, attention_mask, cfg.pooling)))
+                vectors = pool(hidden, attention_mask, cfg.pooling)
+                if cuda:
+                    # Copied out per batch into pinned memory, asynchronously: no sync per
+                    # batch (the host queues the next one while the GPU computes), and no
+                    # slow pageable copy of the whole chunk at the end.
+                    host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+                    vectors = host.copy_(vectors, non_blocking=True)
+                pooled.append((index, vectors))
 
             with self._lock, torch.inference_mode():
                 run_batches(
-                    seg.ids,
+                    seg,
                     budget=self.budget,
                     pad_multiple=cfg.pad_to_multiple_of,
                     pad_id=self.pad_id,
@@ -284,18 +376,20 @@ class SentenceEncoder:
                     step=step,
                     stats=stats,
                 )
-                index = np.concatenate([i for i, _ in pooled])
-                seg_vectors[index] = torch.cat([p for _, p in pooled]).cpu().numpy()
+                if cuda:
+                    torch.cuda.current_stream(self.device).synchronize()
+                for index, vectors in pooled:
+                    seg_vectors[index] = vectors.cpu().numpy()
         emb = average_windows(seg_vectors, seg.row, n)
         if cfg.normalize:
             emb = l2_normalize(emb)
-        stats.seconds = time.perf_counter() - t0
+        stats.seconds = prep.seconds + time.perf_counter() - t0
         return EncodeResult(
             embeddings=emb.astype(cfg.embedding_dtype, copy=False),
             n_tokens=seg.n_tokens,
             n_windows=seg.n_windows,
             truncated=seg.truncated,
-            status=status,
+            status=prep.status,
             stats=stats,
         )
 

@@ -167,7 +167,7 @@ class Predictor:
     def _run(self, seg, step_fn, stats):
         with self._lock, torch.inference_mode():
             run_batches(
-                seg.ids,
+                seg,
                 budget=self.budget,
                 pad_multiple=self.config.pad_to_multiple_of,
                 pad_id=self.pad_id,
@@ -200,7 +200,7 @@ class Predictor:
             cls_id=self.cls_id,
             sep_id=self.sep_id,
         )
-        stats = EncodeStats(rows=len(texts), segments=len(seg.ids))
+        stats = EncodeStats(rows=len(texts), segments=len(seg))
         handler = {
             "fill-mask": self._fill_mask,
             "sequence-classification": self._classify,
@@ -228,7 +228,7 @@ class Predictor:
                 out[int(s)] = (top_i[o : o + c], top_p[o : o + c])
                 o += c
 
-        if seg.ids:
+        if len(seg):
             self._run(seg, step, stats)
         results = [FillMaskResult(status=s) for s in status]
         seg_of_row = _segments_by_row(seg)
@@ -255,14 +255,14 @@ class Predictor:
         return results
 
     def _classify(self, texts, status, ids, encs, seg, stats):
-        seg_probs = np.zeros((len(seg.ids), len(self.labels)), dtype=np.float64)
+        seg_probs = np.zeros((len(seg), len(self.labels)), dtype=np.float64)
 
         def step(index, input_ids, attention_mask):
             logits = self._logits(input_ids, attention_mask)
             p = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
             seg_probs[index] = p.cpu().numpy()
 
-        if seg.ids:
+        if len(seg):
             self._run(seg, step, stats)
         results = [SequenceClassification(status=s) for s in status]
         for r, segs in _segments_by_row(seg).items():
@@ -284,9 +284,9 @@ class Predictor:
         def step(index, input_ids, attention_mask):
             probs = torch.softmax(self._logits(input_ids, attention_mask), dim=-1).cpu().numpy()
             for row, s in enumerate(index):
-                seg_probs[int(s)] = probs[row, 1 : len(seg.ids[s]) - 1]  # content positions only
+                seg_probs[int(s)] = probs[row, 1 : int(seg.lengths[s]) - 1]  # content positions only
 
-        if seg.ids:
+        if len(seg):
             self._run(seg, step, stats)
         results = [TokenClassification(status=s) for s in status]
         for r, segs in _segments_by_row(seg).items():

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .batching import collate, next_batch, padded_length
+from .batching import Segments, collate, next_batch, padded_length
 
 __all__ = [
     "EncodeStats",
@@ -65,7 +65,13 @@ class EncodeStats:
     oom_retries : int
         Batches re-planned after ``torch.cuda.OutOfMemoryError``.
     seconds : float
-        Wall time of the call (tokenization included).
+        Wall time of the call (tokenization included; in
+        :meth:`SentenceEncoder.encode_stream` a chunk's tokenization overlaps the
+        previous chunk's model run, so summed seconds exceed the wall time).
+    prepare_seconds : float
+        Part of ``seconds`` spent on the host before the first batch: checking and
+        tokenizing the texts, cutting windows (the GPU idles then unless it overlaps
+        with another chunk, see :meth:`SentenceEncoder.encode_stream`).
     """
 
     rows: int = 0
@@ -75,6 +81,7 @@ class EncodeStats:
     batches: int = 0
     oom_retries: int = 0
     seconds: float = 0.0
+    prepare_seconds: float = 0.0
 
     @property
     def padding_efficiency(self) -> float:
@@ -129,6 +136,23 @@ def tokenize_texts(tokenizer, texts: Sequence[Any], status: list[str], offsets: 
     ok = [i for i, s in enumerate(status) if s == "ok"]
     ids: list = [None] * len(status)
     encs: list = [None] * len(status)
+    backend = getattr(tokenizer, "backend_tokenizer", None) if not offsets else None
+    if ok and backend is not None and getattr(tokenizer, "is_fast", False):
+        # The Rust tokenizer directly: the same ids as the call below (a test checks it),
+        # without building a Python dict per row and offsets nobody reads (~1.6x faster,
+        # which matters when a GPU waits for the host).
+        if backend.truncation is not None:
+            backend.no_truncation()  # what the call below does too, every time
+        if backend.padding is not None:
+            backend.no_padding()
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        for i, enc in zip(ok, encode([texts[i] for i in ok], add_special_tokens=False)):
+            row = enc.ids
+            if row:
+                ids[i] = row
+            else:
+                status[i] = "no_tokens"
+        return ids
     if ok:
         batch = tokenizer(
             [texts[i] for i in ok],
@@ -179,7 +203,7 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def run_batches(
-    segments: Sequence[np.ndarray],
+    segments: Segments | Sequence[np.ndarray],
     *,
     budget: _Budget,
     pad_multiple: int | None,
@@ -205,7 +229,10 @@ def run_batches(
     ``pad_multiple=None``: the device's default (:func:`pad_multiple_for`).
     """
     pad_multiple = pad_multiple_for(pad_multiple, device)
-    lengths = np.fromiter((len(s) for s in segments), dtype=np.int64, count=len(segments))
+    if isinstance(segments, Segments):
+        lengths = segments.lengths
+    else:
+        lengths = np.fromiter((len(s) for s in segments), dtype=np.int64, count=len(segments))
     order = np.argsort(-lengths, kind="stable")
     sorted_lengths = lengths[order]
     start = 0

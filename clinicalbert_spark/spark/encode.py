@@ -209,9 +209,10 @@ def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: 
     (:data:`STORED_RESULT`, the vector in format ``storage``, when that is given)."""
     enc = get_encoder(cfg)
     keep = list(keep or [])
-    for pdf in _chunks(batches, CHUNK_ROWS):
+    # The next chunk is tokenized while the model runs this one (encode_stream).
+    for pdf, res in enc.encode_stream(_chunks(batches, CHUNK_ROWS),
+                                      texts=lambda pdf: pdf[text_col].tolist()):
         inject_fault("embed")
-        res = enc.encode(pdf[text_col].tolist())
         ok = np.asarray([s == "ok" for s in res.status])
         # Spark SQL has no half type: float16 vectors are widened (their values stay rounded).
         emb = res.embeddings.astype(np.float32, copy=False)
@@ -242,9 +243,10 @@ def encoder_series_udf(cfg: EncodeConfig):
 
     def encode(it: Iterator[pd.Series]) -> Iterator[pd.Series]:
         enc = get_encoder(cfg)
-        for batches in _series_chunks(it, CHUNK_ROWS):
-            texts = [t if isinstance(t, str) else "" for b in batches for t in b.tolist()]
-            res = enc.encode(texts)
+        def texts(batches):
+            return [t if isinstance(t, str) else "" for b in batches for t in b.tolist()]
+
+        for batches, res in enc.encode_stream(_series_chunks(it, CHUNK_ROWS), texts=texts):
             emb = res.embeddings.astype(np.float32, copy=False)
             vectors = [emb[i] if s == "ok" else None for i, s in enumerate(res.status)]
             at = 0
