@@ -10,6 +10,9 @@ which cannot be downloaded here), printing sentences/s and tokens/s for
                token-budget batches, padding to a multiple of 8, windows for
                long sentences);
 (c) spark   -- optional (``--spark``): the lead's Spark job end to end.
+(c'') ``--tasks-per-device N``: N such workers at once on the device, each on 1/N of the
+               rows (``spark.task.resource.gpu.amount = 1/N``), all rows over the time to
+               the last one: where the host, not the GPU, limits one worker.
 (c') executor path -- optional (``--executor-path``): what each Spark task runs, without
                Spark: the sentences Parquet read in Arrow batches of
                ``spark.arrow_batch_size`` rows, ``spark.encode.embed_batches`` (the
@@ -215,14 +218,10 @@ def sentences_frame(sentences):
                          "section_category": "other", "text": sentences, "note_hash": "h"})
 
 
-def run_executor_path(model_dir, sentences, args):
-    """(c') One Spark task's work without Spark (see the module docstring). The encoder is
-    loaded (and cached, as on a worker) before the clock, like (b)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from clinicalbert_spark.config import EncodeConfig, SparkConfig
-    from clinicalbert_spark.spark.encode import SENTENCE_KEEP, embed_batches, get_encoder
+def _executor_setup(model_dir, sentences, args):
+    """A sentences Parquet file and a loaded, warmed-up worker encoder (outside the clock)."""
+    from clinicalbert_spark.config import EncodeConfig
+    from clinicalbert_spark.spark.encode import get_encoder
 
     cfg = EncodeConfig(model=str(model_dir), pooling=args.pooling, max_length=args.max_length,
                        max_tokens=args.max_tokens, precision=args.precision,
@@ -230,19 +229,70 @@ def run_executor_path(model_dir, sentences, args):
     work = Path(tempfile.mkdtemp(prefix="encode-bench-exec-"))
     sentences_frame(sentences).to_parquet(work / "sentences.parquet", index=False)
     get_encoder(cfg).encode(sentences[: min(256, len(sentences))])  # load + warm-up
+    return cfg, work / "sentences.parquet"
+
+
+def _executor_run(cfg, path, device) -> dict:
+    """The timed part of (c'): one task's rows through ``embed_batches``, output to Arrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clinicalbert_spark.config import SparkConfig
+    from clinicalbert_spark.spark.encode import SENTENCE_KEEP, embed_batches
+
     arrow_rows = SparkConfig().arrow_batch_size
-    sync(resolve_device(args.device))
+    sync(resolve_device(device))
     t0 = time.perf_counter()
-    frames = (b.to_pandas() for b in
-              pq.ParquetFile(work / "sentences.parquet").iter_batches(batch_size=arrow_rows))
-    rows = out_bytes = 0
+    frames = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=arrow_rows))
+    rows = out_bytes = tokens = 0
     for out in embed_batches(frames, cfg, "bench", None, keep=SENTENCE_KEEP, stats=True):
         batch = pa.Table.from_pandas(out, preserve_index=False)  # what the worker sends
         rows += batch.num_rows
         out_bytes += batch.nbytes
+        tokens += int(out["_real_tokens"].sum())
+    sync(resolve_device(device))
     dt = time.perf_counter() - t0
-    return {"sentences": rows, "seconds": dt, "sentences_per_s": rows / dt,
-            "arrow_batch_rows": arrow_rows, "output_arrow_bytes": out_bytes}
+    return {"sentences": rows, "tokens": tokens, "seconds": dt, "sentences_per_s": rows / dt,
+            "tokens_per_s": tokens / dt, "arrow_batch_rows": arrow_rows,
+            "output_arrow_bytes": out_bytes}
+
+
+def run_executor_path(model_dir, sentences, args):
+    """(c') One Spark task's work without Spark (see the module docstring). The encoder is
+    loaded (and cached, as on a worker) before the clock, like (b)."""
+    cfg, path = _executor_setup(model_dir, sentences, args)
+    return _executor_run(cfg, path, args.device)
+
+
+def _executor_task(model_dir, sentences, args, barrier, results):
+    cfg, path = _executor_setup(model_dir, sentences, args)
+    barrier.wait()
+    res = _executor_run(cfg, path, args.device)
+    res["ended"] = time.time()
+    results.put(res)
+
+
+def run_executor_tasks(model_dir, sentences, args, tasks: int) -> dict:
+    """(c'') ``tasks`` Python workers sharing the device, as with
+    ``spark.task.resource.gpu.amount = 1/tasks``: each runs (c') on its share of the
+    sentences, all released at once; the rate is all rows over the time to the last one."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(tasks + 1), ctx.Queue()
+    procs = [ctx.Process(target=_executor_task, args=(model_dir, sentences[i::tasks], args, barrier,
+                                                      results)) for i in range(tasks)]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    started = time.time()
+    done = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    dt = max(r["ended"] for r in done) - started
+    rows, tokens = sum(r["sentences"] for r in done), sum(r["tokens"] for r in done)
+    return {"tasks": tasks, "sentences": rows, "tokens": tokens, "seconds": dt,
+            "sentences_per_s": rows / dt, "tokens_per_s": tokens / dt}
 
 
 def main(argv=None) -> dict:
@@ -263,6 +313,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--spark", action="store_true", help="also time the Spark job (c)")
     ap.add_argument("--executor-path", action="store_true",
                     help="also time one Spark task's work without Spark (c')")
+    ap.add_argument("--tasks-per-device", type=int, nargs="*", default=[],
+                    help="also time (c') with this many concurrent workers on the device (c'')")
     ap.add_argument("--compare-precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
                     help="also run (b) at this precision (e.g. bf16 on a CPU with AMX) and "
                          "report its speed and cosine agreement with the first (b)")
@@ -362,8 +414,14 @@ def main(argv=None) -> dict:
         results["executor_path_over_batched"] = ratio_e
         print(f"(c') one Spark task's work without Spark (Parquet -> Arrow batches of "
               f"{ex['arrow_batch_rows']} -> embed_batches -> Arrow), n={ex['sentences']}: "
-              f"{ex['sentences_per_s']:8.1f} sentences/s ({ex['seconds']:.1f} s); "
+              f"{ex['sentences_per_s']:8.1f} sentences/s {ex['tokens_per_s']:9.0f} tokens/s ({ex['seconds']:.1f} s); "
               f"(c')/(b) = {ratio_e:.2f}")
+    for tasks in args.tasks_per_device:
+        mt = run_executor_tasks(model_dir, sentences, args, tasks)
+        results.setdefault("executor_tasks", []).append(mt)
+        print(f"(c'') {tasks} workers sharing {device.type}, each (c') on 1/{tasks} of the rows: "
+              f"{mt['sentences_per_s']:8.1f} sentences/s {mt['tokens_per_s']:9.0f} tokens/s "
+              f"({mt['seconds']:.1f} s); vs (b) {mt['sentences_per_s'] / batched['sentences_per_s']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     tmp.cleanup()

@@ -206,7 +206,7 @@ def resolve_encode_precision(precision: str, device: torch.device | str) -> str:
 
     ``"auto"``:
 
-    * CUDA: ``"bf16"`` autocast (``"fp16"`` on GPUs without bf16).
+    * CUDA: ``"bf16"``, run as bf16 weights (``"fp16"`` autocast on GPUs without bf16).
     * CPU with AMX (``amx_bf16``): ``"bf16"`` autocast, the bf16 matrix units run it
       several times faster than fp32.
     * any other CPU: ``"int8"``, Linear layers with int8 weights and per-token dynamic

@@ -78,7 +78,8 @@ class EncoderConfig:
         (tensor-core tiles), 1 on CPU (no gain there from rounding up; short
         sentences would lose ~10% of the work to it).
     precision : {"auto", "fp32", "bf16", "fp16", "int8"}, default="auto"
-        Numeric mode. ``"bf16"``/``"fp16"``: autocast; ``"int8"``: Linear
+        Numeric mode. ``"bf16"``: a bf16 copy of the weights on a GPU, autocast
+        on CPU; ``"fp16"``: autocast; ``"int8"``: Linear
         layers dynamically quantised (CPU only); ``"fp32"``: exact.
         ``"auto"``: bf16 on GPUs (fp16 without bf16 support); on CPU bf16
         where the CPU has AMX, else int8. The mode used is
@@ -230,7 +231,7 @@ class SentenceEncoder:
         self.device = device if isinstance(device, torch.device) else resolve_device(device or "auto")
         #: The numeric mode actually used: "fp32", "bf16", "fp16" or "int8" (record this).
         self.precision = resolve_encode_precision(self.config.precision, self.device)
-        #: Autocast dtype (float32, i.e. none, for fp32 and int8).
+        #: Autocast dtype (float32, i.e. none, for fp32, int8 and bf16 weights on a GPU).
         self.dtype = autocast_dtype(self.precision)
         model = loaded.model if loaded.task == "embed" else loaded.model.base_model
         max_pos = getattr(loaded.config, "max_position_embeddings", 512)
