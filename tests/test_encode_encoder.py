@@ -361,6 +361,7 @@ def test_ready_4d_mask_gives_the_same_vectors(loaded):
     alt = SentenceEncoder(loaded, EncoderConfig(precision="fp32"), device="cpu")
     if getattr(loaded.model.config, "_attn_implementation", None) != "sdpa":
         pytest.skip("model not loaded with SDPA")
+    assert alt._mask_4d_agrees()  # the check the encoder runs once on a GPU
     alt._mask_4d = True
     a, b = ref.encode(HARD_TEXTS), alt.encode(HARD_TEXTS)
     np.testing.assert_allclose(a.embeddings, b.embeddings, rtol=0, atol=1e-5)

@@ -248,13 +248,15 @@ class SentenceEncoder:
             model = copy.deepcopy(model).to(torch.bfloat16)
             self.dtype = torch.float32  # no autocast on top
         self.model = model
-        # transformers 5 checks a 2-D padding mask with `mask.all()` to drop it for SDPA: a
-        # host sync per batch, so the host cannot queue the next batch while the GPU runs.
-        # A ready 4-D mask (True = attend) is passed through as is, with the same result.
-        self._mask_4d = (self.device.type == "cuda" and _TRANSFORMERS_MAJOR >= 5
-                         and getattr(model.config, "_attn_implementation", None) == "sdpa")
         self.dim = int(loaded.config.hidden_size)
         self.cls_id, self.sep_id, self.pad_id = _special_ids(loaded.tokenizer)
+        # transformers 5 checks a 2-D padding mask with `mask.all()` to drop it for SDPA: a
+        # host sync per batch, so the host cannot queue the next batch while the GPU runs.
+        # A ready 4-D mask (True = attend) is passed through as is, with the same result,
+        # checked once for this model (an architecture reading the mask its own way keeps 2-D).
+        self._mask_4d = (self.device.type == "cuda" and _TRANSFORMERS_MAJOR >= 5
+                         and getattr(model.config, "_attn_implementation", None) == "sdpa"
+                         and self._mask_4d_agrees())
         max_tokens = self.config.max_tokens or DEFAULT_MAX_TOKENS.get(self.device.type, 8192)
         #: Current token budget; shrinks (and stays shrunk) after a GPU OOM.
         self.budget = _Budget(max_tokens)
@@ -263,6 +265,20 @@ class SentenceEncoder:
         self._lock = threading.Lock()
         # Fault-injection seam for tests: (input_ids, attention_mask) -> last hidden state.
         self._forward = self._model_forward
+
+    def _mask_4d_agrees(self) -> bool:
+        """Same states with a ready 4-D mask as with the 2-D one, on a tiny padded batch."""
+        ids = torch.tensor([[self.cls_id, 5, 6, self.sep_id], [self.cls_id, 7, self.sep_id, self.pad_id]],
+                           device=self.device)
+        mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], device=self.device)
+        try:
+            with torch.inference_mode(), autocast_context(self.device, self.dtype):
+                a = self.model(input_ids=ids, attention_mask=mask)[0]
+                b = self.model(input_ids=ids, attention_mask=mask[:, None, None, :].bool())[0]
+        except Exception:  # noqa: BLE001 - any failure: keep the 2-D mask
+            return False
+        real = mask.bool()
+        return bool(torch.allclose(a[real].float(), b[real].float(), atol=1e-3, rtol=1e-3))
 
     @property
     def max_tokens(self) -> int:
