@@ -381,3 +381,18 @@ def test_gpu_bf16_runs_bf16_weights_within_the_gate(loaded):
     assert a.status == b.status and b.embeddings.dtype == np.float32
     ok = a.ok
     assert row_cosines(a.embeddings[ok], b.embeddings[ok]).mean() >= 0.995
+
+
+def test_sdpa_backends_leave_cudnn_out_on_gpu_only(monkeypatch):
+    from contextlib import nullcontext
+
+    from clinicalbert_spark.encode.device import sdpa_backends
+
+    assert isinstance(sdpa_backends(torch.device("cpu")), nullcontext)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with sdpa_backends(torch.device("cuda", 0)):  # only sets torch's flags: no GPU needed
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    monkeypatch.setenv("CBS_SDPA_CUDNN", "1")
+    assert isinstance(sdpa_backends(torch.device("cuda", 0)), nullcontext)

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -20,6 +18,7 @@ from .device import (
     ENCODE_PRECISIONS,
     autocast_context,
     autocast_dtype,
+    sdpa_backends,
     quantize_int8,
     resolve_device,
     resolve_encode_precision,
@@ -171,21 +170,6 @@ class _Prepared:
     seconds: float
 
 
-def _sdpa_backends(device: torch.device):
-    """The SDPA kernels the encoder lets torch pick on a GPU: flash, memory-efficient, math.
-
-    cuDNN's attention is left out: it builds a plan for every new batch shape, and
-    token-budget batches have many shapes. On an H100 (torch 2.11) a first pass over 70k
-    sentences ran at 0.71M tokens/s with it and 1.24M without; even with every shape
-    planned it was slower (1.22M vs 1.32M). ``CBS_SDPA_CUDNN=1`` lets it back in.
-    """
-    if device.type != "cuda" or os.environ.get("CBS_SDPA_CUDNN", "0") == "1":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
 def _special_ids(tokenizer) -> tuple[int, int, int]:
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
@@ -287,7 +271,7 @@ class SentenceEncoder:
 
     def _model_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask[:, None, None, :].bool() if self._mask_4d else attention_mask
-        with autocast_context(self.device, self.dtype), _sdpa_backends(self.device):
+        with autocast_context(self.device, self.dtype), sdpa_backends(self.device):
             try:
                 out = self._module(input_ids=input_ids, attention_mask=mask)
             except Exception as exc:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .batching import assign_windows, build_segments
-from .device import autocast_context, resolve_device, resolve_precision
+from .device import autocast_context, resolve_device, resolve_precision, sdpa_backends
 from .encoder import EncoderConfig, _special_ids
 from .model import LoadedModel
 from .runtime import DEFAULT_MAX_TOKENS, EncodeStats, _Budget, classify_texts, run_batches, tokenize_texts
@@ -154,7 +154,7 @@ class Predictor:
 
     # -- forward passes --------------------------------------------------
     def _logits(self, input_ids, attention_mask, select=None):
-        with autocast_context(self.device, self.dtype):
+        with autocast_context(self.device, self.dtype), sdpa_backends(self.device):
             if select is not None and hasattr(self.model, "cls"):
                 # BERT MLM: run the vocabulary projection only at mask
                 # positions; full [B, L, 30522] logits would cost ~1 GB per
