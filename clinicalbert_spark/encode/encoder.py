@@ -13,15 +13,15 @@ import numpy as np
 import torch
 import transformers
 
-from .batching import build_segments
+from .batching import Segments, build_segments
 from .device import (
     ENCODE_PRECISIONS,
     autocast_context,
     autocast_dtype,
-    sdpa_backends,
     quantize_int8,
     resolve_device,
     resolve_encode_precision,
+    sdpa_backends,
 )
 from .model import LoadedModel
 from .pooling import average_windows, l2_normalize, pool
@@ -166,7 +166,7 @@ class _Prepared:
 
     n: int
     status: list
-    seg: Any
+    seg: Segments
     seconds: float
 
 
