@@ -260,7 +260,8 @@ def spark_vs_library(args) -> int:
         print(f"segment job CPU time (JVM + Python workers, start-up included): {cpu:.1f} s = "
               f"{mb / cpu:.2f} MB/s per CPU-second; job / library: "
               f"{mb / cpu / lib['mb_per_s_cpu']:.2f}")
-        print(f"  of which Python workers {seen_py(seen):.1f} s, JVM {cpu - seen_py(seen):.1f} s")
+        py = seen_py(seen)
+        print(f"  of which Python workers {py:.1f} s, JVM {cpu - py:.1f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

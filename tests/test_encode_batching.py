@@ -198,3 +198,19 @@ def test_packed_segments_and_collate_match_the_per_row_definition(policy, seed):
         np.testing.assert_array_equal(a, b)
     empty = build_segments([None, None], max_length=16, stride=4, long_policy=policy, cls_id=1, sep_id=2)
     assert len(empty) == 0 and empty.n_windows.tolist() == [0, 0]
+
+
+def test_average_windows_mixes_single_and_windowed_rows():
+    # Rows with one segment are copied, rows with several averaged, rows with none zero:
+    # checked against a plain per-row mean.
+    rng = np.random.default_rng(3)
+    seg_row = np.sort(rng.integers(0, 60, size=120))
+    vectors = rng.normal(size=(120, 5)).astype(np.float32)
+    got = average_windows(vectors, seg_row, 70)
+    for r in range(70):
+        mine = vectors[seg_row == r]
+        want = mine.astype(np.float64).mean(0) if len(mine) else np.zeros(5)
+        np.testing.assert_allclose(got[r], want, rtol=1e-6, atol=1e-6)
+    assert got.dtype == np.float32
+    in_order = average_windows(vectors[:10], np.arange(10), 10)
+    np.testing.assert_array_equal(in_order, vectors[:10])

@@ -113,6 +113,7 @@ def test_local_run_gets_a_heap_for_a_full_input_split(tmp_path):
             "print('HEAP', s.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
     heap = int(next(ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("HEAP")))
     # the JVM reports a little under -Xmx (one survivor space)
     assert 0.85 * (int(want[:-1]) << 30) < heap <= int(want[:-1]) << 30

@@ -187,7 +187,7 @@ class SentenceEncoder:
     loaded : LoadedModel
         From :func:`~clinicalbert_spark.encode.load_model`. Any task works:
         for head checkpoints the base encoder is used. The model is moved to
-        ``device`` in place.
+        ``device`` in place (for bf16 on a GPU a bf16 copy is moved instead).
     config : EncoderConfig, optional
     device : str or torch.device, optional
         Default :func:`~clinicalbert_spark.encode.resolve_device` ("auto").
@@ -221,16 +221,18 @@ class SentenceEncoder:
         max_pos = getattr(loaded.config, "max_position_embeddings", 512)
         if self.config.max_length > max_pos:
             raise ValueError(f"max_length {self.config.max_length} exceeds the model's {max_pos} positions")
-        model = model.to(self.device).eval()
+        if self.precision == "bf16" and self.device.type == "cuda":
+            # On a GPU the weights themselves run in bf16: LayerNorm, GELU and residual
+            # adds then move half the bytes; ~1.25-1.3x autocast's speed on an H100
+            # (benchmarks/README.md), within the fidelity gate (pooling stays fp32). A copy
+            # goes to the GPU; the loaded fp32 model stays where it is (no second copy there).
+            model = copy.deepcopy(model).to(torch.bfloat16).to(self.device).eval()
+            self.dtype = torch.float32  # no autocast on top
+        else:
+            model = model.to(self.device).eval()
         if self.precision == "int8":
             # A quantised copy; the loaded model stays fp32 for other users of it.
             model = quantize_int8(model)
-        elif self.precision == "bf16" and self.device.type == "cuda":
-            # On a GPU the weights themselves run in bf16 (a copy): LayerNorm, GELU and
-            # residual adds then move half the bytes; ~1.25-1.3x autocast's speed on an
-            # H100 (benchmarks/README.md), and within the fidelity gate (pooling stays fp32).
-            model = copy.deepcopy(model).to(torch.bfloat16)
-            self.dtype = torch.float32  # no autocast on top
         self.model = model
         self.dim = int(loaded.config.hidden_size)
         self.cls_id, self.sep_id, self.pad_id = _special_ids(loaded.tokenizer)

@@ -162,16 +162,21 @@ def _limit_threads() -> None:
         torch.set_num_threads(max(1, cpus))
 
 
-def _chunks(batches: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
+def _gather(batches: Iterator, rows: int) -> Iterator[list]:
+    """Consecutive Arrow batches (frames or series) in lists of at least ``rows`` rows."""
     buf, n = [], 0
-    for pdf in batches:
-        buf.append(pdf)
-        n += len(pdf)
+    for b in batches:
+        buf.append(b)
+        n += len(b)
         if n >= rows:
-            yield pd.concat(buf, ignore_index=True)
+            yield buf
             buf, n = [], 0
     if buf:
-        yield pd.concat(buf, ignore_index=True)
+        yield buf
+
+
+def _chunks(batches: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
+    return (pd.concat(buf, ignore_index=True) for buf in _gather(batches, rows))
 
 
 def inject_fault(stage: str) -> None:
@@ -246,7 +251,7 @@ def encoder_series_udf(cfg: EncodeConfig):
         def texts(batches):
             return [t if isinstance(t, str) else "" for b in batches for t in b.tolist()]
 
-        for batches, res in enc.encode_stream(_series_chunks(it, CHUNK_ROWS), texts=texts):
+        for batches, res in enc.encode_stream(_gather(it, CHUNK_ROWS), texts=texts):
             emb = res.embeddings.astype(np.float32, copy=False)
             vectors = [emb[i] if s == "ok" else None for i, s in enumerate(res.status)]
             at = 0
@@ -256,17 +261,6 @@ def encoder_series_udf(cfg: EncodeConfig):
 
     return pandas_udf(encode, T.ArrayType(T.FloatType()))
 
-
-def _series_chunks(it: Iterator[pd.Series], rows: int) -> Iterator[list[pd.Series]]:
-    buf, n = [], 0
-    for s in it:
-        buf.append(s)
-        n += len(s)
-        if n >= rows:
-            yield buf
-            buf, n = [], 0
-    if buf:
-        yield buf
 
 
 def task_slots(spark) -> int:
