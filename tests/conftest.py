@@ -18,6 +18,12 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("CBS_TORCH_THREADS", "1")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Tests only: the JVMs of the seconds-long job subprocesses stop at the C1 compiler. C2
+# compiles for a steady state those runs never reach (about half of a short run's JVM CPU,
+# which the other test worker wants); the session JVM below lives all run and keeps it.
+_C1_ONLY = "-XX:TieredStopAtLevel=1"
+if "SPARK_SUBMIT_OPTS" not in os.environ:
+    os.environ["SPARK_SUBMIT_OPTS"] = _C1_ONLY
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +43,14 @@ def spark():
         "spark.default.parallelism": "2",
         "spark.driver.memory": "2g",
     })
-    s = get_spark(cfg)
+    ours = os.environ.get("SPARK_SUBMIT_OPTS") == _C1_ONLY
+    if ours:
+        del os.environ["SPARK_SUBMIT_OPTS"]
+    try:
+        s = get_spark(cfg)
+    finally:
+        if ours:
+            os.environ["SPARK_SUBMIT_OPTS"] = _C1_ONLY
     yield s
     s.stop()
 
