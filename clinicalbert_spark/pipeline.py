@@ -321,7 +321,10 @@ class Pipeline:
         sentences = self.store.read(SPECS["sentences"])
         emb = self.store.read(SPECS["embeddings"]).where(
             F.col("fingerprint").eqNullSafe(F.lit(emb_fp)))
-        emb = self._persist(rows_in(emb, sentences, SENTENCE_LINEAGE))
+        # Not persisted: this is every stored vector (the whole table on an unchanged corpus,
+        # ~3 KB a sentence). The per-note counts read only its key columns; the vectors are
+        # read for the notes to do alone (none on an unchanged corpus).
+        emb = rows_in(emb, sentences, SENTENCE_LINEAGE)
         per_note = (sentences.groupBy("note_id", "note_hash")
                     .agg(F.count("*").alias("_n"), F.first("fingerprint").alias("_seg_fp"))
                     .join(emb.groupBy("note_id").agg(F.count("*").alias("_e")), "note_id")
