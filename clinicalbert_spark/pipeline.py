@@ -322,16 +322,18 @@ class Pipeline:
         emb = self.store.read(SPECS["embeddings"]).where(
             F.col("fingerprint").eqNullSafe(F.lit(emb_fp)))
         # Not persisted: this is every stored vector (the whole table on an unchanged corpus,
-        # ~3 KB a sentence). The per-note counts read only its key columns; the vectors are
-        # read for the notes to do alone (none on an unchanged corpus).
+        # ~3 KB a sentence). The per-note counts (persisted, one row a note: they are used
+        # three times below) read only its key columns; the vectors are read for the notes
+        # to do alone (none on an unchanged corpus).
         emb = rows_in(emb, sentences, SENTENCE_LINEAGE)
-        per_note = (sentences.groupBy("note_id", "note_hash")
-                    .agg(F.count("*").alias("_n"), F.first("fingerprint").alias("_seg_fp"))
-                    .join(emb.groupBy("note_id").agg(F.count("*").alias("_e")), "note_id")
-                    .where(F.col("_n") == F.col("_e"))
-                    .select("note_id", F.col("note_hash").alias("_h"),
-                            F.sha2(F.concat_ws("|", F.lit(fp), F.col("_seg_fp")), 256)
-                            .substr(1, 16).alias("_fp")))
+        per_note = self._persist(
+            sentences.groupBy("note_id", "note_hash")
+            .agg(F.count("*").alias("_n"), F.first("fingerprint").alias("_seg_fp"))
+            .join(emb.groupBy("note_id").agg(F.count("*").alias("_e")), "note_id")
+            .where(F.col("_n") == F.col("_e"))
+            .select("note_id", F.col("note_hash").alias("_h"),
+                    F.sha2(F.concat_ws("|", F.lit(fp), F.col("_seg_fp")), 256)
+                    .substr(1, 16).alias("_fp")))
         existing = self.store.read(spec)
         current = existing.join(per_note, "note_id").where(
             (F.col("note_hash") == F.col("_h")) & F.col("fingerprint").eqNullSafe(F.col("_fp"))

@@ -262,7 +262,6 @@ def encoder_series_udf(cfg: EncodeConfig):
     return pandas_udf(encode, T.ArrayType(T.FloatType()))
 
 
-
 def task_slots(spark) -> int:
     """How many tasks to spread encoding over: ``spark.default.parallelism`` when set, else
     ``spark.sql.shuffle.partitions``: read from the session's settings, so the same on
