@@ -49,7 +49,8 @@ def segment_job(cfg: PipelineConfig) -> int:
                    mode=cfg.output.mode)
     rejects = rejects.withColumn("run_id", F.lit(run_id))
     write_table(rejects, rejects_path(out), cfg.output.format, mode=cfg.output.mode)
-    n_notes, n_sent = segment_counts(seg)
+    counts = segment_counts(seg)
+    n_notes, n_sent = counts["segmented"], counts["sentences"]
     by_reason = {r.reason: r["count"] for r in rejects.groupBy("reason").count().collect()}
     secs = time.perf_counter() - t0
     items = {"run id": run_id, "notes segmented": n_notes, "sentences": n_sent,
@@ -83,7 +84,7 @@ def _with_precision(spark, cfg: PipelineConfig, stage: str) -> PipelineConfig:
 
 
 def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
-    from .spark.encode import STATS_COLUMNS, embed_sentences, sum_stats
+    from .spark.encode import STATS_COLUMNS, embed_sentences, embed_summary
 
     out = cfg.output.path
     if not out:
@@ -102,18 +103,15 @@ def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     write_table(emb.drop("status", *STATS_COLUMNS).withColumn("run_id", F.lit(run_id)), out,
                 cfg.output.format, mode=cfg.output.mode)
     secs = time.perf_counter() - t0
-    a = emb.agg(F.count("*").alias("n"), F.sum("n_tokens").alias("tok"),
-                F.sum("n_windows").alias("win"), F.sum(F.col("truncated").cast("int")).alias("tr"),
-                F.sum((F.col("status") != "ok").cast("int")).alias("bad")).first()
-    st = sum_stats(emb)
-    n, tok = a["n"] or 0, a["tok"] or 0
+    a = embed_summary(emb)
+    n, tok = a["rows"], a["tokens"]
     print_summary("embed_sentences summary", {
         "run id": run_id, "model": cfg.encode.model, "precision": cfg.encode.precision,
         "sentences": n,
-        "rows without usable text (null vector)": a["bad"] or 0, "tokens": tok,
-        "windows": a["win"] or 0, "truncated": a["tr"] or 0,
-        "padding efficiency": f"{tok / max(st['padded_tokens'], 1):.3f}",
-        "OOM retries (token budget halved)": st["oom_retries"],
+        "rows without usable text (null vector)": a["bad"], "tokens": tok,
+        "windows": a["windows"], "truncated": a["truncated"],
+        "padding efficiency": f"{tok / max(a['padded_tokens'], 1):.3f}",
+        "OOM retries (token budget halved)": a["oom_retries"],
         "sentences/s": f"{n / max(secs, 1e-9):.1f}", "tokens/s": f"{tok / max(secs, 1e-9):.0f}",
         "embeddings table": f"{out} ({cfg.output.format})", "seconds": f"{secs:.1f}",
     })

@@ -169,6 +169,17 @@ def split_records(records: DataFrame) -> Notes:
                  rejects=rejected_records(records), records=records)
 
 
+def count_records(notes: Notes) -> tuple[int, int]:
+    """(usable notes, rejected records) of ``notes``: one pass over its persisted
+    ``records`` where it has them."""
+    if notes.records is None:
+        return notes.notes.count(), notes.rejects.count()
+    reason = F.col(REASON_COLUMNS[0])
+    row = notes.records.agg(F.count(F.when(reason.isNull(), True)),
+                            F.count(F.when(reason.isNotNull(), True))).first()
+    return int(row[0]), int(row[1])
+
+
 def rejected_records(records: DataFrame) -> DataFrame:
     """The rejects (``REJECTS_SCHEMA``) of any frame that carries :data:`REASON_COLUMNS`."""
     reason, detail = REASON_COLUMNS

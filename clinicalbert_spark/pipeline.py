@@ -26,7 +26,7 @@ from .config import PipelineConfig
 from .errors import ConfigError, OutputError
 from .schemas import SPECS
 from .spark.aggregate import AGGREGATE_VERSION, note_vectors
-from .spark.segment import segment_notes, split_segment_output
+from .spark.segment import segment_counts, segment_notes, split_segment_output
 from .spark.text import attach_text
 from .state import (SimulatedCrash, TableStore, crash_point, fingerprint, new_run_id,
                     rows_in, rows_not_in, sanitise_run_id)
@@ -169,7 +169,7 @@ class Pipeline:
         spec = SPECS["sentences"]
         notes = self.notes
         fp = self.segment_fingerprint()
-        n_valid, n_rej = notes.notes.count(), notes.rejects.count()
+        n_valid, n_rej = io.count_records(notes)
         existing = self.store.read(spec)
         have = existing.select("note_id", "note_hash", "fingerprint").dropDuplicates(["note_id"])
         incoming = notes.notes.select("note_id", F.col("note_hash").alias("_in_hash"))
@@ -214,7 +214,8 @@ class Pipeline:
                                           self.cfg.spark.partitions))
         sentences, seg_rejects = split_segment_output(out)
         sentences = sentences.withColumn("fingerprint", F.lit(fp))
-        n_todo, n_err = todo.count(), seg_rejects.count()
+        counts = segment_counts(out)  # the notes to do are the segmenter's rows
+        n_todo, n_err = counts["notes"], counts["failed"]
         remove = existing.join(flags.where("stale"), "note_id", "left_semi").select(*spec.key)
         res = self.store.commit(spec, sentences, remove, replace_all=self.full)
         self.stats.add(input_records=n_valid + n_rej, notes=n_valid - n_err,
@@ -269,7 +270,7 @@ class Pipeline:
         return todo
 
     def embed(self) -> None:
-        from .spark.encode import STATS_COLUMNS, embed_sentences, sum_stats
+        from .spark.encode import STATS_COLUMNS, embed_sentences, embed_summary
 
         spec = SPECS["embeddings"]
         fp = self.embed_fingerprint()
@@ -278,24 +279,20 @@ class Pipeline:
         t0 = time.perf_counter()
         emb = embed_sentences(todo, self.encode_cfg(), self.cfg.spark.partitions)
         emb = self._persist(emb.withColumn("fingerprint", F.lit(fp)))
-        agg = emb.agg(F.count("*").alias("n"), F.sum("n_tokens").alias("tok"),
-                      F.sum("n_windows").alias("win"),
-                      F.sum(F.col("truncated").cast("int")).alias("trunc"),
-                      F.sum((F.col("status") != "ok").cast("int")).alias("bad")).first()
-        st = sum_stats(emb)
+        a = embed_summary(emb)
         secs = time.perf_counter() - t0
         res = self.store.commit(spec, emb.drop("status", *STATS_COLUMNS), stale,
-                                replace_all=self.full)
-        n, tok = agg["n"] or 0, agg["tok"] or 0
-        self.stats.add(sentences_embedded=n, tokens=tok, windows=agg["win"] or 0,
-                       truncated=agg["trunc"] or 0, padded_tokens=st["padded_tokens"],
-                       oom_retries=st["oom_retries"], embeddings_removed=res.removed)
+                                replace_all=self.full, added=a["rows"])
+        n, tok = a["rows"], a["tokens"]
+        self.stats.add(sentences_embedded=n, tokens=tok, windows=a["windows"],
+                       truncated=a["truncated"], padded_tokens=a["padded_tokens"],
+                       oom_retries=a["oom_retries"], embeddings_removed=res.removed)
         self.stats.extra["embed_seconds"] = secs
         log.info("embed: %d sentences, %d tokens in %.1f s (%.1f sentences/s, %.0f tokens/s), "
                  "%d windows, %d empty rows, padding efficiency %.3f, OOM retries %d, "
                  "%d stale vectors removed", n, tok, secs, n / max(secs, 1e-9),
-                 tok / max(secs, 1e-9), agg["win"] or 0, agg["bad"] or 0,
-                 tok / max(st["padded_tokens"], 1), st["oom_retries"], res.removed)
+                 tok / max(secs, 1e-9), a["windows"], a["bad"],
+                 tok / max(a["padded_tokens"], 1), a["oom_retries"], res.removed)
 
     def predict(self) -> None:
         from .spark.encode import predict_sentences
@@ -308,8 +305,7 @@ class Pipeline:
         preds = self._persist(predict_sentences(
             todo, model, revision, self.cfg.predict, self.encode_cfg("predict"),
             self.cfg.spark.partitions).withColumn("fingerprint", F.lit(fp)))
-        preds.count()
-        res = self.store.commit(spec, preds, stale, replace_all=self.full)
+        res = self.store.commit(spec, preds, stale, replace_all=self.full, added=preds.count())
         self.stats.add(predictions=res.added)
         log.info("predict: %d rows, %d stale rows removed", res.added, res.removed)
 
@@ -346,42 +342,25 @@ class Pipeline:
         nv = note_vectors(emb.join(todo.select("note_id"), "note_id", "left_semi"))
         nv = self._persist(nv.join(todo.select("note_id", F.col("_fp").alias("fingerprint")),
                                    "note_id"))
-        nv.count()
-        res = self.store.commit(spec, nv, stale, replace_all=self.full)
+        res = self.store.commit(spec, nv, stale, replace_all=self.full, added=nv.count())
         self.stats.add(note_vectors=res.added)
         log.info("aggregate: %d note/section vectors, %d stale removed", res.added, res.removed)
 
     # ---------------------------------------------------------------- the run
     def _check_run_id(self) -> None:
-        spec = SPECS["runs"]
-        if not self.store.exists("runs"):
-            return
-        other = (self.store.read(spec).where(F.col("run_id") == self.run_id)
-                 .where(~F.col("run_id_given").eqNullSafe(F.lit(self.run_id_given))
-                        & F.col("run_id_given").isNotNull())
-                 .limit(1).count())
+        other = [r for r in self.store.run_rows(self.run_id)
+                 if r["run_id_given"] is not None and r["run_id_given"] != self.run_id_given]
         if other:
             raise ConfigError(
                 f"run id {self.run_id_given!r} is stored as {self.run_id!r}, which a run with "
                 "a different id already used; choose another run id")
 
     def _mark_crashed(self, owner: dict | None) -> None:
-        if not owner or not owner.get("run_id") or not self.store.exists("runs"):
+        if not owner or not owner.get("run_id"):
             return
-        spec = SPECS["runs"]
-        rows = (self.store.read(spec)
-                .where((F.col("run_id") == owner["run_id"]) & (F.col("status") == "running"))
-                .collect())
-        if not rows:
-            return
-        fixed = [dict(r.asDict(), status="crashed") for r in rows]
-        saved, self.store.run_id = self.store.run_id, owner["run_id"]
-        try:
-            df = self.spark.createDataFrame(fixed, spec.stored_schema).drop("run_id")
-            self.store.commit(spec, df, df.select("stages").withColumn(
-                "run_id", F.lit(owner["run_id"])))
-        finally:
-            self.store.run_id = saved
+        for row in self.store.run_rows(owner["run_id"]):
+            if row["status"] == "running":
+                self.store.commit_run(dict(row, status="crashed"))
 
     def run_row(self) -> dict:
         s, c = self.stats, self.stats.counts

@@ -369,12 +369,64 @@ class TableStore:
 
     def commit_run(self, row: dict) -> None:
         """Add this run's row to ``runs`` (:data:`~clinicalbert_spark.schemas.RUNS`),
-        replacing the row of the same ``(run_id, stages)``."""
+        replacing the row of the same ``(run_id, stages)``.
+
+        One small row, so no Spark job: the run's partition is read and rewritten with
+        pyarrow and committed like any other (journal and swap; delta-rs). Spark's own Delta
+        writer, when the session has it, commits it as a frame."""
+        from .io import spark_has_delta
         from .schemas import RUNS, SPECS
 
-        df = self.spark.createDataFrame([row], RUNS).drop("run_id")
-        self.commit(SPECS["runs"], df,
-                    df.select("stages").withColumn("run_id", F.lit(row["run_id"])))
+        spec = SPECS["runs"]
+        if self.fmt == "delta" and spark_has_delta(self.spark):
+            df = self.spark.createDataFrame([row], RUNS).drop("run_id")
+            saved, self.run_id = self.run_id, row["run_id"]
+            try:
+                self.commit(spec, df,
+                            df.select("stages").withColumn("run_id", F.lit(row["run_id"])))
+            finally:
+                self.run_id = saved
+            return
+        if self.lock is not None:
+            self.lock.check()
+        run_id = row["run_id"]
+        rows = self.run_rows(run_id)
+        kept = [r for r in rows if r.get("stages") != row.get("stages")]
+        staged = PartitionRows(run_id, _arrow_rows(spec, kept + [row]))
+        existed = self.exists(spec.name)
+        if self.fmt == "parquet":
+            self._commit_parquet(spec, staged, [run_id], False, existed)
+        else:
+            self._commit_delta_rs(spec, staged, [run_id], False, not existed)
+        log.info("table %s: +1 rows, -%d rows (1 partition(s) rewritten)", spec.name,
+                 len(rows) - len(kept))
+
+    def run_rows(self, run_id: str) -> list[dict]:
+        """The ``runs`` rows of one run id, read without Spark (a few rows)."""
+        import pyarrow.parquet as pq
+
+        from .schemas import SPECS
+
+        spec = SPECS["runs"]
+        if not self.exists(spec.name):
+            return []
+        table = self.path(spec.name)
+        if self.fmt == "delta":
+            from deltalake import DeltaTable
+
+            parts = [DeltaTable(str(table)).to_pyarrow_table(
+                partitions=[(PARTITION_COLUMN, "=", run_id)])]
+        else:
+            folder = table / f"{PARTITION_COLUMN}={run_id}"
+            files = sorted(f for f in folder.glob("*.parquet")
+                           if not f.name.startswith((".", "_"))) if folder.is_dir() else []
+            parts = [pq.read_table(f) for f in files]
+        out = []
+        for t in parts:
+            out.extend(_arrow_conform(t, spec).to_pylist())
+        for r in out:
+            r[PARTITION_COLUMN] = run_id
+        return out
 
     # ------------------------------------------------------------------ reading
     def exists(self, table: str) -> bool:
@@ -398,20 +450,24 @@ class TableStore:
 
     # ------------------------------------------------------------------ committing
     def commit(self, spec: TableSpec, add: DataFrame | None, remove: DataFrame | None = None,
-               *, replace_all: bool = False) -> CommitResult:
+               *, replace_all: bool = False, added: int | None = None) -> CommitResult:
         """Remove the rows whose key is in ``remove`` (or every row, ``replace_all``) and add
         ``add`` (stamped with this run id), as one unit. ``add`` must be materialised (persisted
-        and counted) by the caller when it reads this table: its source files may be swapped."""
+        and counted) by the caller when it reads this table: its source files may be swapped.
+        ``added``: ``add``'s row count where the caller has it (saves a Spark job)."""
         if self.lock is not None:
             self.lock.check()
         key = spec.key
         existing = self.read(spec) if self.exists(spec.name) else None
         cols = [f.name for f in spec.stored_schema.fields]
-        new, added = None, 0
-        if add is not None:
+        new = None
+        if add is None:
+            added = 0
+        else:
             new = conform(add.withColumn(PARTITION_COLUMN, F.lit(self.run_id)),
                           spec.stored_schema)
-            added = new.count()
+            if added is None:
+                added = new.count()
             if added == 0 and existing is not None:
                 new = None  # nothing to add: touch no partition for it
         if existing is None:
@@ -448,8 +504,7 @@ class TableStore:
         cid = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         stage_dir = table / "_staging" / cid
         if staged is not None:
-            (_parquet_writer(staged).partitionBy(PARTITION_COLUMN)
-             .mode("overwrite").parquet(str(stage_dir)))
+            _write_staged(staged, stage_dir)
         if replace_all and existed:
             affected = sorted({p.name.split("=", 1)[1] for p in table.iterdir()
                                if p.is_dir() and p.name.startswith(PARTITION_COLUMN + "=")}
@@ -519,8 +574,7 @@ class TableStore:
         _write_json_atomic(jpath, {"table": spec.name, "cid": cid, "format": "delta",
                                    "data_dir": rel_dir})
         if staged is not None:
-            (_parquet_writer(staged).partitionBy(PARTITION_COLUMN)
-             .mode("overwrite").parquet(str(table / rel_dir)))
+            _write_staged(staged, table / rel_dir)
         crash_point(f"commit:{spec.name}:before_journal")
         mode = "overwrite" if (creating or replace_all or affected) else "append"
         delta_rs_commit(table, rel_dir, spec.stored_schema, PARTITION_COLUMN, mode,
@@ -684,6 +738,52 @@ def write_table(df: DataFrame, path: str, fmt: str = "parquet", mode: str = "ove
         os.rename(target, old)
     os.rename(staging, target)
     _rmtree(old)
+
+
+@dataclass
+class PartitionRows:
+    """A few rows of one partition, in memory (the ``runs`` table's rows of one run)."""
+    value: str
+    table: "object"  # pyarrow.Table of the spec's columns without the partition column
+
+
+def _write_staged(staged: "DataFrame | PartitionRows", folder: Path) -> None:
+    """Write a commit's rows under ``folder``, one ``run_id=...`` sub-folder per partition."""
+    if isinstance(staged, DataFrame):
+        _parquet_writer(staged).partitionBy(PARTITION_COLUMN).mode("overwrite").parquet(str(folder))
+        return
+    import pyarrow.parquet as pq
+
+    part = folder / f"{PARTITION_COLUMN}={staged.value}"  # run ids need no escaping
+    part.mkdir(parents=True, exist_ok=True)
+    pq.write_table(staged.table, part / f"part-00000-{uuid.uuid4().hex}.c000.zstd.parquet",
+                   compression="zstd")
+
+
+def _arrow_schema(spec: TableSpec):
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(T.StructType([f for f in spec.stored_schema.fields
+                                         if f.name != PARTITION_COLUMN]), timezone="UTC")
+
+
+def _arrow_conform(t, spec: TableSpec):
+    """``t`` with the spec's columns (no partition column): absent ones null, others cast;
+    files of an older schema version lack the newer columns."""
+    import pyarrow as pa
+
+    schema = _arrow_schema(spec)
+    cols = [t.column(f.name).cast(f.type) if f.name in t.column_names
+            else pa.nulls(t.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _arrow_rows(spec: TableSpec, rows: list[dict]):
+    import pyarrow as pa
+
+    schema = _arrow_schema(spec)
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows],
+                                schema=schema)
 
 
 def _parquet_writer(df: DataFrame, fmt: str = "parquet"):

@@ -337,10 +337,16 @@ def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | N
     return emb.select(*names, "status", *STATS_COLUMNS)
 
 
-def sum_stats(df: DataFrame) -> dict[str, int]:
-    """The summed :data:`STATS` of an embed output (run one action on a persisted frame)."""
-    row = df.agg(*[F.sum(c).alias(c) for c in STATS_COLUMNS]).first()
-    return {c.lstrip("_"): int((row[c] if row is not None else 0) or 0) for c in STATS_COLUMNS}
+def embed_summary(df: DataFrame) -> dict[str, int]:
+    """Counts of an embed output in one pass (run it on a persisted frame): ``rows``,
+    ``tokens``, ``windows``, ``truncated``, ``bad`` (rows without usable text) and the summed
+    :data:`STATS` (``padded_tokens``, ``real_tokens``, ``oom_retries``, ``batches``)."""
+    row = df.agg(F.count("*").alias("rows"), F.sum("n_tokens").alias("tokens"),
+                 F.sum("n_windows").alias("windows"),
+                 F.sum(F.col("truncated").cast("int")).alias("truncated"),
+                 F.sum((F.col("status") != "ok").cast("int")).alias("bad"),
+                 *[F.sum(c).alias(c.lstrip("_")) for c in STATS_COLUMNS]).first()
+    return {k: int(v or 0) for k, v in row.asDict().items()}
 
 
 # --------------------------------------------------------------------------------------------

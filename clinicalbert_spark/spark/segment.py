@@ -178,10 +178,15 @@ def _usable(out: DataFrame) -> F.Column:
     return F.col(reason).isNull() if reason in out.columns else F.lit(True)
 
 
-def segment_counts(out: DataFrame) -> tuple[int, int]:
-    """(notes with sentences, sentences) of :func:`segment_notes` output, counted per note
-    (one pass over the note rows; no sentence rows are made, no shuffle)."""
+def segment_counts(out: DataFrame) -> dict[str, int]:
+    """Counts of :func:`segment_notes` output in one pass over the note rows (no sentence
+    rows are made, no shuffle): ``notes`` the segmenter saw, ``failed`` (segmentation
+    errors), ``segmented`` (notes with sentences) and ``sentences``."""
     seg = F.col(SEG_COLUMN)
-    n = F.when(_usable(out) & seg["error"].isNull(), F.size(seg["start"]))
-    row = out.agg(F.count(F.when(n > 0, True)).alias("notes"), F.sum(n).alias("sentences")).first()
-    return row["notes"] or 0, row["sentences"] or 0
+    usable = _usable(out)
+    n = F.when(usable & seg["error"].isNull(), F.size(seg["start"]))
+    row = out.agg(F.count(F.when(usable, True)).alias("notes"),
+                  F.count(F.when(usable & seg["error"].isNotNull(), True)).alias("failed"),
+                  F.count(F.when(n > 0, True)).alias("segmented"),
+                  F.sum(n).alias("sentences")).first()
+    return {k: int(v or 0) for k, v in row.asDict().items()}
