@@ -216,7 +216,8 @@ class Pipeline:
         sentences = sentences.withColumn("fingerprint", F.lit(fp))
         counts = segment_counts(out)  # the notes to do are the segmenter's rows
         n_todo, n_err = counts["notes"], counts["failed"]
-        remove = existing.join(flags.where("stale"), "note_id", "left_semi").select(*spec.key)
+        remove = existing.join(flags.where("stale"), "note_id", "left_semi").select(*spec.key) \
+            if agg["stale"] else None  # none stale: the commit needs no pass to find them
         res = self.store.commit(spec, sentences, remove, replace_all=self.full)
         self.stats.add(input_records=n_valid + n_rej, notes=n_valid - n_err,
                        notes_segmented=n_todo - n_err, notes_unchanged=n_valid - n_todo,

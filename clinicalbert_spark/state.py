@@ -25,6 +25,8 @@ the partitions that lose rows plus the run's own partition:
 * Delta: Spark writes the data files, then one Delta transaction removes the affected
   partitions' files and adds the new ones (delta-rs on local paths; Spark's own Delta writer
   when the session has the ``io.delta`` jars). Readers see the old or the new version.
+* The ``runs`` table's one row per commit is written with pyarrow instead of Spark (no Spark
+  job), committed the same two ways.
 
 One run at a time per output root: :class:`RootLock` (``<root>/_state/lock``) holds the
 owner's run id, host and pid; a second run waits ``run.lock_wait_s`` and then refuses
@@ -475,13 +477,10 @@ class TableStore:
             staged = new
             removed = 0
         else:
-            if replace_all:
-                stale = existing
-            elif remove is not None:
-                stale = _null_safe_join(existing, remove.select(*key), key, "left_semi")
-            else:
-                stale = existing.limit(0)
-            by_part = {r[0]: r[1] for r in stale.groupBy(PARTITION_COLUMN).count().collect()}
+            stale = existing if replace_all else None if remove is None else \
+                _null_safe_join(existing, remove.select(*key), key, "left_semi")
+            by_part = {} if stale is None else \
+                {r[0]: r[1] for r in stale.groupBy(PARTITION_COLUMN).count().collect()}
             removed = sum(by_part.values())
             affected = sorted(set(by_part) | ({self.run_id} if new is not None else set()))
             kept = existing.where(F.col(PARTITION_COLUMN).isin(affected)) if affected else None
