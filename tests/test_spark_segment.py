@@ -1,6 +1,8 @@
 """The segmentation job end to end on a real local SparkSession."""
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
@@ -111,9 +113,34 @@ def test_local_run_gets_a_heap_for_a_full_input_split(tmp_path):
             "from clinicalbert_spark.spark.session import get_spark\n"
             "s = get_spark(SparkConfig(master='local[1]', conf={'spark.ui.enabled': 'false'}))\n"
             "print('HEAP', s.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    heap = int(next(ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("HEAP")))
+
+    def heap(env=None):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(next(ln.split()[1] for ln in out.stdout.splitlines()
+                        if ln.startswith("HEAP")))
+
     # the JVM reports a little under -Xmx (one survivor space)
-    assert 0.85 * (int(want[:-1]) << 30) < heap <= int(want[:-1]) << 30
+    assert 0.85 * (int(want[:-1]) << 30) < heap() <= int(want[:-1]) << 30
+    # ... and a heap the user set in spark-defaults.conf is theirs, not ours
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "spark-defaults.conf").write_text("# site settings\nspark.driver.memory   1536m\n")
+    assert 0.85 * (1536 << 20) < heap(dict(os.environ, SPARK_CONF_DIR=str(conf))) <= 1536 << 20
+
+
+def test_user_spark_settings_win_over_local_defaults(tmp_path, monkeypatch):
+    from clinicalbert_spark.spark.session import local_mode_defaults, user_spark_settings
+
+    monkeypatch.delenv("SPARK_DRIVER_MEMORY", raising=False)
+    monkeypatch.delenv("PYSPARK_SUBMIT_ARGS", raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    assert set(local_mode_defaults()) == {"spark.sql.shuffle.partitions", "spark.driver.memory"}
+    (tmp_path / "spark-defaults.conf").write_text(
+        "# spark.driver.memory 9g\n  spark.sql.shuffle.partitions=7\nspark.executor.cores: 2\n")
+    assert user_spark_settings() == {"spark.sql.shuffle.partitions", "spark.executor.cores"}
+    assert set(local_mode_defaults()) == {"spark.driver.memory"}
+    monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--driver-memory 5g --conf spark.x.y=1 pyspark-shell")
+    assert {"spark.driver.memory", "spark.x.y"} <= user_spark_settings()
+    assert local_mode_defaults() == {}

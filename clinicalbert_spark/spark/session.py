@@ -285,6 +285,62 @@ def local_driver_memory() -> str:
     return f"{max(2, min(8, ram // 4 >> 30))}g"
 
 
+def user_spark_settings() -> set[str]:
+    """Spark settings the user gave a plain ``python`` launch outside our config: keys of
+    ``spark-defaults.conf`` (``$SPARK_CONF_DIR``, else ``$SPARK_HOME/conf``, else pyspark's
+    own), ``--conf``/``--driver-memory`` in ``PYSPARK_SUBMIT_ARGS``, ``SPARK_DRIVER_MEMORY``."""
+    import re
+    import shlex
+
+    keys: set[str] = set()
+    conf_dir = os.environ.get("SPARK_CONF_DIR")
+    if not conf_dir:
+        home = os.environ.get("SPARK_HOME")
+        if not home:
+            try:
+                from pyspark.find_spark_home import _find_spark_home
+
+                home = _find_spark_home()
+            except Exception:  # noqa: BLE001 - no Spark home: no defaults file either
+                home = None
+        conf_dir = os.path.join(home, "conf") if home else None
+    if conf_dir:
+        try:
+            with open(os.path.join(conf_dir, "spark-defaults.conf"), encoding="utf-8") as f:
+                for line in f:  # Java properties: "key value", "key=value" or "key: value"
+                    m = re.match(r"\s*([^\s=:#!][^\s=:]*)", line)
+                    if m:
+                        keys.add(m.group(1))
+        except OSError:
+            pass
+    try:
+        args = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
+    except ValueError:
+        args = []
+    for flag, value in zip(args, args[1:]):
+        if flag == "--conf" and "=" in value:
+            keys.add(value.split("=", 1)[0])
+        elif flag == "--driver-memory":
+            keys.add("spark.driver.memory")
+    if os.environ.get("SPARK_DRIVER_MEMORY"):
+        keys.add("spark.driver.memory")
+    return keys
+
+
+def local_mode_defaults() -> dict[str, str]:
+    """What a plain ``python`` local-mode launch sets where the user set nothing (see
+    :func:`user_spark_settings`; the pipeline config's ``spark.conf`` overrides both)."""
+    defaults = {
+        # a few shuffle partitions per core, not 200 tiny tasks
+        "spark.sql.shuffle.partitions": str(4 * (os.cpu_count() or 2)),
+        # Spark's 1 GiB default heap is too small for one task on a 128 MB input split
+        # (persisted segmenter output held whole notes' sentences): a quarter of the RAM.
+        "spark.driver.memory": local_driver_memory(),
+    }
+    user = user_spark_settings()
+    return {k: v for k, v in defaults.items() if k not in user}
+
+
 def get_spark(cfg: SparkConfig) -> SparkSession:
     """Return the active SparkSession or build one from ``cfg``.
 
@@ -315,11 +371,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     conf = dict(BASE_CONF)
     local = (cfg.master or "local").startswith("local")
     if not under_spark_submit() and local:
-        # Local mode: a few shuffle partitions per core, not 200 tiny tasks.
-        conf["spark.sql.shuffle.partitions"] = str(4 * (os.cpu_count() or 2))
-        # Spark's 1 GiB default heap is too small for one task on a 128 MB input split
-        # (persisted segmenter output held whole notes' sentences): a quarter of the RAM.
-        conf["spark.driver.memory"] = local_driver_memory()
+        conf.update(local_mode_defaults())
     conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(cfg.arrow_batch_size)
     conf.update(cfg.conf)
     if SparkContext._active_spark_context is None:
