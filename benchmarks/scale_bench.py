@@ -627,7 +627,7 @@ def marginal(rs: list[dict], x, y) -> dict:
 
 def project(results: list[dict], *, corpora: dict[str, dict], executors=(1, 8, 32),
             cores_per_executor: int = 4, gpu_tokens_per_s: float = 1.0e6,
-            segment_mb_per_core_s: float = 1.22, tokenize_s_per_sentence: float | None = None,
+            segment_mb_per_core_s: float = 3.8, tokenize_s_per_sentence: float | None = None,
             model_dim: int = 768, measured_dim: int = 384, mode: str = "local") -> dict:
     """Cluster projections: ``executors`` executors with one GPU and ``cores_per_executor``
     cores each. Rates per unit of work are the marginal CPU costs measured on the ``mode``
@@ -793,9 +793,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="assumed real tokens/s of one GPU on BERT-base bf16 (default 1e6)")
     ap.add_argument("--cores-per-executor", type=int, default=4,
                     help="CPU cores per GPU executor (conf/spark-gpu.conf: 4)")
-    ap.add_argument("--segment-mb-per-core-s", type=float, default=1.22,
-                    help="segment job MB of text per CPU-second (default 1.22: "
-                         "benchmarks/README.md, the job on a 103 MB corpus)")
+    ap.add_argument("--segment-mb-per-core-s", type=float, default=3.8,
+                    help="segment job MB of text per CPU-second (default 3.8: "
+                         "benchmarks/README.md, the job's marginal cost between 103 and "
+                         "310 MB; a cluster pays the fixed JVM cost once per executor)")
     args = ap.parse_args(argv)
 
     if args.replot:
