@@ -158,11 +158,23 @@ def test_attach_text_counts_code_points_like_python(spark):
     spans = [(note.index(p), note.index(p) + len(p)) for p in parts]  # Python code points
     # The middle row kept its text (written before --no-text was turned on): it is kept.
     rows = [("n", "h", i, s, e, "kept" if i == 1 else None) for i, (s, e) in enumerate(spans)]
+    # Not filled: a note whose text changed since (other hash), a note not delivered, a row
+    # without offsets.
+    rows += [("m", "old", 0, 0, 4, None), ("x", "h", 0, 0, 3, None), ("n", "h", 9, None, 4, None)]
     sents = spark.createDataFrame(rows, "note_id STRING, note_hash STRING, sentence_index INT, "
                                         "start INT, `end` INT, text STRING")
-    notes = spark.createDataFrame([("n", "h", note)], "note_id STRING, note_hash STRING, text STRING")
-    got = [r.text for r in attach_text(sents, notes).orderBy("sentence_index").collect()]
-    assert got == [note[s:e] if i != 1 else "kept" for i, (s, e) in enumerate(spans)]
+    notes = spark.createDataFrame([("n", "h", note), ("m", "new", "Other text."),
+                                   ("z", "h", "No sentences.")],
+                                  "note_id STRING, note_hash STRING, text STRING")
+    out = attach_text(sents, notes)
+    assert out.columns == sents.columns
+    got = {(r.note_id, r.sentence_index): r for r in out.collect()}
+    assert len(got) == len(rows)
+    assert [got["n", i].text for i in range(3)] == \
+        [note[s:e] if i != 1 else "kept" for i, (s, e) in enumerate(spans)]
+    assert got["n", 2].start == spans[2][0] and got["n", 2].end == spans[2][1]
+    assert got["m", 0].text is None and got["x", 0].text is None and got["n", 9].text is None
+    assert got["n", 9].start is None and got["n", 9].end == 4
 
 
 def test_precision_auto_is_recorded_as_the_mode_the_executors_ran(spark, tiny_bert, notes_csv,
