@@ -117,7 +117,8 @@ def embed(df: DataFrame, *, text_col: str = "text",
           max_length: int = 128, stride: Optional[int] = None, long_policy: str = "window",
           max_tokens: Optional[int] = None, precision: str = "auto",
           embedding_dtype: str = "float32", device: str = "auto", compile: bool = False,
-          allow_pickle: bool = False, partitions: Optional[int] = None) -> DataFrame:
+          allow_pickle: bool = False, partitions: Optional[int] = None,
+          vector_storage: str = "float32") -> DataFrame:
     """Sentence embeddings of ``df[text_col]``, one row per input row.
 
     Parameters
@@ -138,20 +139,27 @@ def embed(df: DataFrame, *, text_col: str = "text",
         are averaged (``long_policy="window"``) or truncated (``"truncate"``).
     max_tokens : int, optional
         Token budget per batch (default by device).
-    precision : {"auto", "fp32", "bf16", "fp16"}, default "auto"
+    precision : {"auto", "fp32", "bf16", "fp16", "int8"}, default "auto"
+        ``auto``: bf16 on a GPU; on a CPU bf16 where it has AMX, else int8 (docs/encoding.md).
     device : str, default "auto"
+        The GPU Spark assigned to the task, else CUDA, else CPU.
     allow_pickle : bool, default False
         Deprecated, no effect (pickle weights are always read weights-only).
-        The GPU Spark assigned to the task, else CUDA, else CPU.
     partitions : int, optional
         Tasks to spread the rows over (default: the session's parallelism).
+    vector_storage : {"float32", "float16", "int8"}, default "float32"
+        How the vector is stored: ``float32`` in ``embedding``; ``float16`` (half the
+        bytes) big-endian in the binary ``embedding_f16``; ``int8`` (a quarter) as
+        ``embedding_i8`` times ``embedding_scale``. The SQL decoders are in docs/sql.md,
+        the Python one is ``clinicalbert_spark.vectors.decode_vectors``.
 
     Returns
     -------
     DataFrame
         ``key_cols + keep_cols`` plus ``model, model_revision, pooling, dim, n_tokens,
-        n_windows, truncated, embedding (array<float>), status``. A row with no usable text
-        has a null ``embedding`` and a ``status`` saying why.
+        n_windows, truncated, embedding (array<float>), status``; with ``vector_storage``
+        other than float32 also the columns that format uses (``embedding`` is then null).
+        A row with no usable text has a null vector and a ``status`` saying why.
 
     Examples
     --------
@@ -178,9 +186,10 @@ def embed(df: DataFrame, *, text_col: str = "text",
                          max_length=max_length, stride=stride, long_policy=long_policy,
                          max_tokens=max_tokens, precision=precision,
                          embedding_dtype=embedding_dtype, device=device, compile=compile,
-                         allow_pickle=allow_pickle)
+                         allow_pickle=allow_pickle, vector_storage=vector_storage)
     keep = list(dict.fromkeys([*key_cols, *keep_cols]))
-    return embed_frame(df, cfg, text_col, keep, partitions)
+    storage = None if cfg.vector_storage == "float32" else cfg.vector_storage
+    return embed_frame(df, cfg, text_col, keep, partitions, storage=storage)
 
 
 def predict(df: DataFrame, *, text_col: str = "text",

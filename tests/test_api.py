@@ -63,3 +63,30 @@ def test_readme_notebook_example_runs(spark, tiny_bert, demo_csv, tmp_path, caps
     assert "empty_text" in capsys.readouterr().out  # the rejects by reason were shown
     scored = glb["scored"].limit(5).toPandas()
     assert len(scored) == 5 and scored.v.map(len).eq(vectors.dim.iloc[0]).all()
+
+
+def test_embed_compact_vector_storage_decodes_to_the_float32_vectors(spark, tiny_bert):
+    from clinicalbert_spark.errors import ConfigError
+    from clinicalbert_spark.vectors import decode_vectors
+
+    rows = [("a", 0, "Chest pain since 2 days."), ("a", 1, "No fever, no cough."),
+            ("b", 0, "Aspirin 81 mg daily."), ("b", 1, " ")]
+    df = spark.createDataFrame(rows, ["note_id", "sentence_index", "text"])
+
+    def vectors(storage):
+        out = api.embed(df, model=tiny_bert, vector_storage=storage, precision="fp32",
+                        partitions=1).orderBy("note_id", "sentence_index").toPandas()
+        assert list(out.status) == ["ok", "ok", "ok", "empty_text"]
+        return out
+
+    ref = vectors("float32")
+    assert "embedding_f16" not in ref.columns  # the default output is unchanged
+    want = np.stack(ref.embedding[:3])
+    for storage, atol in (("float16", 2e-3), ("int8", 5e-2)):
+        out = vectors(storage)
+        assert out.embedding.isna().all() and set(out.vector_format[:3]) == {storage}
+        got = decode_vectors(out)
+        assert got[3] is None  # no usable text: no vector in any column
+        np.testing.assert_allclose(np.stack(got[:3]), want, atol=atol * np.abs(want).max())
+    with pytest.raises(ConfigError, match="vector_storage"):
+        api.embed(df, model=tiny_bert, vector_storage="float8")
