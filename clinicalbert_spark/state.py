@@ -748,7 +748,7 @@ class PartitionRows:
 
 def _write_staged(staged: "DataFrame | PartitionRows", folder: Path) -> None:
     """Write a commit's rows under ``folder``, one ``run_id=...`` sub-folder per partition."""
-    if isinstance(staged, DataFrame):
+    if not isinstance(staged, PartitionRows):  # a Spark frame (classic or Connect)
         _parquet_writer(staged).partitionBy(PARTITION_COLUMN).mode("overwrite").parquet(str(folder))
         return
     import pyarrow.parquet as pq

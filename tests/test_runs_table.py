@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from clinicalbert_spark.schemas import RUNS, SPECS
+from clinicalbert_spark.schemas import RUNS, SPECS, TableSpec
 from clinicalbert_spark.state import TableStore
 
 UTC = dt.timezone.utc
@@ -29,7 +29,7 @@ def _old_version_rows(spark, store: TableStore, run_id: str) -> None:
     rows = [_row(run_id, "segment", "succeeded"), _row(run_id, "embed", "running")]
     df = (spark.createDataFrame(rows, RUNS).drop("run_id", "seconds_by_stage", "oom_retries")
           .withColumn("run_id", F.lit(run_id)))
-    old_schema = spec.__class__(spec.name, df.drop("run_id").schema, spec.key)
+    old_schema = TableSpec(spec.name, df.drop("run_id").schema, spec.key)
     store.commit(old_schema, df.drop("run_id"))
 
 
