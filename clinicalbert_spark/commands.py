@@ -63,17 +63,20 @@ def segment_job(cfg: PipelineConfig) -> int:
     return 0
 
 def _sentences_with_text(spark, cfg: PipelineConfig, notes_path: str | None):
+    """(the input sentences with their text, their row count): the count (no column is read)
+    sizes the encode tasks."""
     fmt = cfg.input.format if cfg.input.format in ("parquet", "delta", "table") else "auto"
     c = cfg.sentence_columns
     sentences = as_sentences(io.read_input_table(spark, cfg.input.path, fmt), c.id_column,
                              c.index_column, c.text_column)
-    if notes_path:  # fills the text of rows written with --no-text
+    rows = sentences.count()
+    if notes_path:  # fills the text of rows written with --no-text (one row per sentence)
         ncfg = cfg.input.model_copy(update={"path": io.absolute(notes_path), "format": "auto"})
-        return attach_text(sentences, io.read_notes(spark, ncfg).notes)
+        return attach_text(sentences, io.read_notes(spark, ncfg).notes), rows
     if sentences.where(F.col("text").isNotNull()).limit(1).count() == 0:
         raise InputError("the sentences table has no text (written with --no-text); "
                          "pass --notes PATH so the text is re-read from the notes")
-    return sentences
+    return sentences, rows
 
 def _with_precision(spark, cfg: PipelineConfig, stage: str) -> PipelineConfig:
     """``cfg`` with ``encode.precision`` resolved on an executor (what the rows record)."""
@@ -94,10 +97,10 @@ def embed_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     preflight(cfg.encode.model, cfg.encode.revision, cfg.encode.allow_pickle)
     spark = get_spark(cfg.spark)
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
-    sentences = _sentences_with_text(spark, cfg, notes_path)
+    sentences, rows = _sentences_with_text(spark, cfg, notes_path)
     t0 = time.perf_counter()
     cfg = _with_precision(spark, cfg, "embed")
-    emb = embed_sentences(sentences, cfg.encode, cfg.spark.partitions)
+    emb = embed_sentences(sentences, cfg.encode, cfg.spark.partitions, rows)
     emb = emb.withColumn("fingerprint", F.lit(fingerprint("embeddings", embed_settings(cfg))))
     emb = emb.persist(StorageLevel.MEMORY_AND_DISK)
     write_table(emb.drop("status", *STATS_COLUMNS).withColumn("run_id", F.lit(run_id)), out,
@@ -128,11 +131,11 @@ def predict_job(cfg: PipelineConfig, notes_path: str | None = None) -> int:
     preflight_head(model, revision, cfg.encode.allow_pickle, cfg.predict.task)
     spark = get_spark(cfg.spark)
     run_id = sanitise_run_id(cfg.run.run_id or new_run_id())
-    sentences = _sentences_with_text(spark, cfg, notes_path)
+    sentences, rows = _sentences_with_text(spark, cfg, notes_path)
     t0 = time.perf_counter()
     cfg = _with_precision(spark, cfg, "predict")
     preds = predict_sentences(sentences, model, revision, cfg.predict, cfg.encode,
-                              cfg.spark.partitions)
+                              cfg.spark.partitions, rows)
     preds = preds.persist(StorageLevel.MEMORY_AND_DISK)
     write_table(preds.withColumn("run_id", F.lit(run_id)), out, cfg.output.format,
                    mode=cfg.output.mode)

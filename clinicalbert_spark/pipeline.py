@@ -256,11 +256,15 @@ class Pipeline:
         todo = rows_not_in(sentences, current, spec.key)
         return todo, stale
 
-    def _with_text(self, todo: DataFrame) -> DataFrame:
-        """Rows written with --no-text get their text back from the input's notes."""
+    def _with_text(self, todo: DataFrame) -> tuple[DataFrame, int]:
+        """(the rows to do, persisted, with text; their count). Rows written with --no-text
+        get their text back from the input's notes. The count sizes the encode tasks; it is
+        the persisted frame's first pass, which the encoder then reads from the cache."""
         todo = self._persist(todo)
-        if todo.where(F.col("text").isNull()).limit(1).count() == 0:
-            return todo
+        row = todo.agg(F.count("*").alias("n"),
+                       F.count(F.when(F.col("text").isNull(), True)).alias("no_text")).first()
+        if not row["no_text"]:
+            return todo, int(row["n"])
         todo = self._persist(attach_text(todo, self.notes.notes))
         missing = todo.where(F.col("text").isNull()).count()
         if missing:
@@ -268,7 +272,7 @@ class Pipeline:
                 f"{missing} sentences have no text (tables written with --no-text) and their "
                 "notes are not in this input; deliver those notes (or the whole corpus with "
                 "--full-refresh) to encode them")
-        return todo
+        return todo, int(row["n"])
 
     def embed(self) -> None:
         from .spark.encode import STATS_COLUMNS, embed_sentences, embed_summary
@@ -276,9 +280,9 @@ class Pipeline:
         spec = SPECS["embeddings"]
         fp = self.embed_fingerprint()
         todo, stale = self._sentences_todo("embeddings", fp)
-        todo = self._with_text(todo)
+        todo, rows = self._with_text(todo)
         t0 = time.perf_counter()
-        emb = embed_sentences(todo, self.encode_cfg(), self.cfg.spark.partitions)
+        emb = embed_sentences(todo, self.encode_cfg(), self.cfg.spark.partitions, rows)
         emb = self._persist(emb.withColumn("fingerprint", F.lit(fp)))
         a = embed_summary(emb)
         secs = time.perf_counter() - t0
@@ -301,11 +305,11 @@ class Pipeline:
         spec = SPECS["predictions"]
         fp = self.predict_fingerprint()
         todo, stale = self._sentences_todo("predictions", fp)
-        todo = self._with_text(todo)
+        todo, rows = self._with_text(todo)
         model, revision = self.cfg.predict_model()
         preds = self._persist(predict_sentences(
             todo, model, revision, self.cfg.predict, self.encode_cfg("predict"),
-            self.cfg.spark.partitions).withColumn("fingerprint", F.lit(fp)))
+            self.cfg.spark.partitions, rows).withColumn("fingerprint", F.lit(fp)))
         res = self.store.commit(spec, preds, stale, replace_all=self.full, added=preds.count())
         self.stats.add(predictions=res.added)
         log.info("predict: %d rows, %d stale rows removed", res.added, res.removed)

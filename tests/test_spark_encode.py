@@ -104,6 +104,51 @@ def test_model_loaded_once_per_python_worker(spark, tiny_bert):
     assert (res.groupby("pid").loads.max() == 1).all()  # ... each of which loaded once
 
 
+def test_empty_tasks_never_load_the_model(spark, tiny_bert, tmp_path):
+    """Spark runs a ``mapInPandas`` function for every task, empty ones included (fewer rows
+    than tasks; with adaptive execution off, an input with no rows at all): none of them may
+    load the model. The model folder is gone by the time the tasks run, so a task that loaded
+    it would fail."""
+    import shutil
+
+    from clinicalbert_spark.testing import build_tiny_bert
+
+    emb_model = tmp_path / "emb"
+    shutil.copytree(tiny_bert, emb_model)
+    head = build_tiny_bert(tmp_path / "head", head="sequence-classification")
+    empty = _sentences_df(spark).where(F.col("sentence_index") < 0)  # not folded away
+    emb = embed_sentences(empty, EncodeConfig(model=str(emb_model)), partitions=4)
+    pred = predict_sentences(empty, str(head), None, PredictConfig(),
+                             EncodeConfig(model=str(head)), partitions=4)
+    shutil.rmtree(emb_model)
+    shutil.rmtree(head)
+    # Adaptive execution would drop the empty shuffle's tasks altogether.
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    try:
+        assert emb.rdd.getNumPartitions() == 4 and pred.rdd.getNumPartitions() == 4
+        assert emb.count() == 0 and pred.count() == 0
+    finally:
+        spark.conf.set("spark.sql.adaptive.enabled", "true")
+
+
+def test_tasks_sized_by_the_row_count(spark, tiny_bert, monkeypatch):
+    """With the count known, every core gets a task and no task gets more than
+    ROWS_PER_TASK rows; an empty input is one task; without a count, the session's slots."""
+    from clinicalbert_spark.spark import encode as enc
+
+    cores = spark.sparkContext.defaultParallelism
+    monkeypatch.setattr(enc, "ROWS_PER_TASK", 10)
+    assert enc.encode_partitions(spark, 0) == 1
+    assert enc.encode_partitions(spark, 1) == 1
+    assert enc.encode_partitions(spark, 5) == min(cores, 5)
+    assert enc.encode_partitions(spark, 45) == max(cores, 5)
+    assert enc.encode_partitions(spark, None) == enc.task_slots(spark)
+    df = _sentences_df(spark, partitions=1)
+    out = embed_sentences(df, EncodeConfig(model=tiny_bert), rows=len(SENTS))
+    assert out.rdd.getNumPartitions() == max(cores, -(-len(SENTS) // 10))
+    assert out.count() == len(SENTS)
+
+
 @pytest.mark.parametrize("head", ["fill-mask", "sequence-classification", "token-classification"])
 def test_predict_heads(spark, tmp_path, head):
     from clinicalbert_spark.testing import build_tiny_bert

@@ -4,11 +4,14 @@ The model is loaded once per executor Python worker (``get_cached``; Spark reuse
 with ``spark.python.worker.reuse``) on the GPU Spark assigned to the task when GPU scheduling
 is on (``TaskContext.resources()["gpu"]``), else CUDA if visible, else CPU. Rows of a
 partition are gathered into chunks of ``CHUNK_ROWS`` so the encoder can sort them by length
-across many Arrow batches before forming token-budget batches.
+across many Arrow batches before forming token-budget batches. A task whose partition is empty
+never loads the model.
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +30,10 @@ from ..vectors import VECTOR_COLUMNS, encode_vectors
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = int(os.environ.get("CBS_ENCODE_CHUNK_ROWS", "16384"))
+# Rows per encode task when the row count is known: a task sorts only its own rows by length,
+# so small tasks pad more (8 tasks of 500 short sentences computed 17% more tokens than 2 of
+# 2,000); more, smaller tasks than this only where the cores would otherwise sit idle.
+ROWS_PER_TASK = int(os.environ.get("CBS_ENCODE_ROWS_PER_TASK", str(CHUNK_ROWS)))
 
 # What the UDFs add to the columns they keep: the embedding and its accounting.
 EMBED_RESULT = T.StructType(
@@ -175,6 +182,15 @@ def _gather(batches: Iterator, rows: int) -> Iterator[list]:
         yield buf
 
 
+def _nonempty(batches: Iterator) -> Iterator | None:
+    """``batches`` again, or None when there are none: Spark calls a ``mapInPandas`` function
+    for every partition, empty ones included (an unchanged corpus's re-run has nothing to
+    encode), and loading the model for them cost each Python worker seconds."""
+    it = iter(batches)
+    first = next(it, None)
+    return None if first is None else itertools.chain([first], it)
+
+
 def _chunks(batches: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
     return (pd.concat(buf, ignore_index=True) for buf in _gather(batches, rows))
 
@@ -212,6 +228,9 @@ def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: 
                   stats: bool = False, storage: str | None = None) -> Iterator[pd.DataFrame]:
     """Arrow batches of sentence rows -> the kept columns plus :data:`EMBED_RESULT`
     (:data:`STORED_RESULT`, the vector in format ``storage``, when that is given)."""
+    batches = _nonempty(batches)
+    if batches is None:
+        return
     enc = get_encoder(cfg)
     keep = list(keep or [])
     # The next chunk is tokenized while the model runs this one (encode_stream).
@@ -247,6 +266,9 @@ def encoder_series_udf(cfg: EncodeConfig):
     cfg = worker_config(cfg)
 
     def encode(it: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        it = _nonempty(it)
+        if it is None:
+            return
         enc = get_encoder(cfg)
         def texts(batches):
             return [t if isinstance(t, str) else "" for b in batches for t in b.tolist()]
@@ -276,11 +298,32 @@ def task_slots(spark) -> int:
     return os.cpu_count() or 2
 
 
-def _spread(df: DataFrame, partitions: int | None) -> DataFrame:
+def executor_cores(spark) -> int:
+    """Tasks that run at once: the executors' cores (``defaultParallelism``: ``local[N]``'s N,
+    a cluster's registered cores, or ``spark.default.parallelism``), or :func:`task_slots`
+    where the session has no SparkContext (Spark Connect)."""
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:  # noqa: BLE001 - Spark Connect: no SparkContext
+        return task_slots(spark)
+
+
+def encode_partitions(spark, rows: int | None) -> int:
+    """How many tasks to encode ``rows`` rows in: every core busy, and tasks of at most
+    :data:`ROWS_PER_TASK` rows (bounded retries, length sorting over many rows); with the count
+    unknown, :func:`task_slots`. No more tasks than rows (an empty input is one task)."""
+    if rows is None:
+        return task_slots(spark)
+    n = max(executor_cores(spark), math.ceil(rows / ROWS_PER_TASK))
+    return max(1, min(n, rows))
+
+
+def _spread(df: DataFrame, partitions: int | None, rows: int | None = None) -> DataFrame:
     """Give every task slot work: a small sentences table is often one Parquet file, i.e. one
     partition, which would leave all but one executor core (and GPU share) idle. A round-robin
-    repartition also evens out partitions of very different sizes."""
-    return df.repartition(partitions or task_slots(df.sparkSession))
+    repartition also evens out partitions of very different sizes. ``partitions`` (the
+    user's setting) wins; else :func:`encode_partitions` of ``rows`` when the caller knows it."""
+    return df.repartition(partitions or encode_partitions(df.sparkSession, rows))
 
 
 def require_columns(df: DataFrame, cols: list[str], what: str) -> None:
@@ -306,10 +349,12 @@ def worker_config(cfg: EncodeConfig) -> EncodeConfig:
 
 def embed_frame(df: DataFrame, cfg: EncodeConfig, text_col: str = "text",
                 keep: list[str] | None = None, partitions: int | None = None,
-                stats: bool = False, storage: str | None = None) -> DataFrame:
+                stats: bool = False, storage: str | None = None,
+                rows: int | None = None) -> DataFrame:
     """Embeddings of ``df[text_col]``: the ``keep`` columns plus :data:`EMBED_RESULT`, or
     :data:`STORED_RESULT` with ``storage`` (a ``vectors.FORMATS`` value), and :data:`STATS`
-    when ``stats``. The model is resolved once here, on the driver."""
+    when ``stats``. The model is resolved once here, on the driver. ``rows``, the row count
+    of ``df`` when the caller has it, sizes the tasks (:func:`encode_partitions`)."""
     keep = list(keep if keep is not None else [])
     require_columns(df, [text_col, *keep], "the input")
     if cfg.embedding_dtype == "float16" and storage != "float16":
@@ -318,7 +363,7 @@ def embed_frame(df: DataFrame, cfg: EncodeConfig, text_col: str = "text",
     model_id, revision = model_identity(cfg.model, cfg.revision)
     cfg = worker_config(cfg)
     cols = list(dict.fromkeys([*keep, text_col]))
-    src = _spread(df.select(*cols), partitions)
+    src = _spread(df.select(*cols), partitions, rows)
     schema = _output_schema(src, keep, STORED_RESULT if storage else EMBED_RESULT, stats)
 
     def fn(it):
@@ -327,12 +372,12 @@ def embed_frame(df: DataFrame, cfg: EncodeConfig, text_col: str = "text",
     return src.mapInPandas(fn, schema)
 
 
-def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | None = None
-                    ) -> DataFrame:
-    """The embeddings stage on a sentences table: ``schemas.EMBEDDINGS`` (less fingerprint)
-    plus ``status`` and the :data:`STATS` columns."""
+def embed_sentences(sentences: DataFrame, cfg: EncodeConfig, partitions: int | None = None,
+                    rows: int | None = None) -> DataFrame:
+    """The embeddings stage on a sentences table (``rows`` of them, when known):
+    ``schemas.EMBEDDINGS`` (less fingerprint) plus ``status`` and the :data:`STATS` columns."""
     emb = embed_frame(sentences, cfg, "text", SENTENCE_KEEP, partitions, stats=True,
-                      storage=cfg.vector_storage)
+                      storage=cfg.vector_storage, rows=rows)
     names = [f.name for f in schemas.EMBEDDINGS.fields if f.name != "fingerprint"]
     return emb.select(*names, "status", *STATS_COLUMNS)
 
@@ -360,6 +405,9 @@ def predict_batches(batches: Iterator[pd.DataFrame], model: str, revision: str |
                     ) -> Iterator[pd.DataFrame]:
     """Arrow batches of sentence rows -> the kept columns plus :data:`PREDICT_RESULT`.
     Spans are offsets into the note when ``start_col`` (the sentence's offset) is given."""
+    batches = _nonempty(batches)
+    if batches is None:
+        return
     pred = get_predictor(model, revision, pcfg, ecfg)
     task = pred.loaded.task
     keep = list(keep or [])
@@ -401,7 +449,8 @@ def _prediction_row(res, task, model_id, revision, offset) -> dict:
 
 def predict_frame(df: DataFrame, model: str, revision: str | None, pcfg: PredictConfig,
                   ecfg: EncodeConfig, text_col: str = "text", keep: list[str] | None = None,
-                  start_col: str | None = None, partitions: int | None = None) -> DataFrame:
+                  start_col: str | None = None, partitions: int | None = None,
+                  rows: int | None = None) -> DataFrame:
     """Predictions of ``model``'s head for ``df[text_col]``: ``keep`` plus
     :data:`PREDICT_RESULT`. Span offsets are relative to the text, or to the note when
     ``start_col`` holds the sentence's offset in it."""
@@ -411,7 +460,7 @@ def predict_frame(df: DataFrame, model: str, revision: str | None, pcfg: Predict
     keep = list(keep if keep is not None else [])
     require_columns(df, [text_col, *keep, *([start_col] if start_col else [])], "the input")
     cols = list(dict.fromkeys([*keep, text_col, *([start_col] if start_col else [])]))
-    src = _spread(df.select(*cols), partitions)
+    src = _spread(df.select(*cols), partitions, rows)
     schema = _output_schema(src, keep, PREDICT_RESULT, False)
 
     def fn(it):
@@ -423,8 +472,9 @@ def predict_frame(df: DataFrame, model: str, revision: str | None, pcfg: Predict
 
 def predict_sentences(sentences: DataFrame, model: str, revision: str | None,
                       pcfg: PredictConfig, ecfg: EncodeConfig,
-                      partitions: int | None = None) -> DataFrame:
-    """The predict stage on a sentences table (``schemas.PREDICTIONS`` less ``fingerprint``)."""
+                      partitions: int | None = None, rows: int | None = None) -> DataFrame:
+    """The predict stage on a sentences table (``rows`` of them, when known):
+    ``schemas.PREDICTIONS`` less ``fingerprint``."""
     out = predict_frame(sentences, model, revision, pcfg, ecfg, "text", SENTENCE_KEEP,
-                        "start", partitions)
+                        "start", partitions, rows)
     return out.select(*[f.name for f in schemas.PREDICTIONS.fields if f.name != "fingerprint"])
