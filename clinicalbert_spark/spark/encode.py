@@ -232,11 +232,11 @@ def embed_batches(batches: Iterator[pd.DataFrame], cfg: EncodeConfig, model_id: 
     if batches is None:
         return
     enc = get_encoder(cfg)
+    inject_fault("embed")  # after the model load, before any row is encoded or sent back
     keep = list(keep or [])
     # The next chunk is tokenized while the model runs this one (encode_stream).
     for pdf, res in enc.encode_stream(_chunks(batches, CHUNK_ROWS),
                                       texts=lambda pdf: pdf[text_col].tolist()):
-        inject_fault("embed")
         ok = np.asarray([s == "ok" for s in res.status])
         # Spark SQL has no half type: float16 vectors are widened (their values stay rounded).
         emb = res.embeddings.astype(np.float32, copy=False)
