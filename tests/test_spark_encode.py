@@ -123,12 +123,13 @@ def test_empty_tasks_never_load_the_model(spark, tiny_bert, tmp_path):
     shutil.rmtree(emb_model)
     shutil.rmtree(head)
     # Adaptive execution would drop the empty shuffle's tasks altogether.
+    aqe = spark.conf.get("spark.sql.adaptive.enabled")
     spark.conf.set("spark.sql.adaptive.enabled", "false")
     try:
         assert emb.rdd.getNumPartitions() == 4 and pred.rdd.getNumPartitions() == 4
         assert emb.count() == 0 and pred.count() == 0
     finally:
-        spark.conf.set("spark.sql.adaptive.enabled", "true")
+        spark.conf.set("spark.sql.adaptive.enabled", aqe)
 
 
 def test_tasks_sized_by_the_row_count(spark, tiny_bert, monkeypatch):
