@@ -2,7 +2,7 @@
 """Segmentation throughput (one core) and gold-set quality, per backend, in one table.
 
     python benchmarks/segment_bench.py [--limit N] [--pysbd-limit 300] [--json out.json]
-    python benchmarks/segment_bench.py --spark [--spark-mb 100] [--spark-cores 2]
+    python benchmarks/segment_bench.py --spark [--spark-mb 100[,300]] [--spark-cores 2]
 
 ``--spark``: the bare library (rules, one core) and ``jobs/segment_notes.py`` (Parquet in and
 out, ``local[N]``) on the same >= 100 MB corpus (the shared notes repeated under new ids), in
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     ap.add_argument("--spark", action="store_true",
                     help="compare jobs/segment_notes.py with the bare library")
-    ap.add_argument("--spark-mb", type=float, default=100.0)
+    ap.add_argument("--spark-mb", default="100",
+                    help="corpus size(s) in MB; two or more (100,300) also give the marginal speed")
     ap.add_argument("--spark-cores", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="passed on to the segment job (e.g. spark.conf.spark.driver.memory=4g)")
@@ -196,25 +197,17 @@ def seen_py(seen: dict[int, float]) -> float:
     return sum(t for pid, t in seen.items() if not _JAVA.get(pid, False))
 
 
-def spark_vs_library(args) -> int:
-    """The segment job against the bare library on the same corpus, one run."""
+def _spark_job(texts: list[str], target_mb: float, args) -> dict | None:
+    """``jobs/segment_notes.py`` on ``local[N]`` over ``target_mb`` MB (the shared notes
+    repeated under new ids, Parquet): its reported seconds, wall time and CPU seconds."""
     import shutil
     import subprocess
     import tempfile
 
     import pandas as pd
 
-    base = Path(args.corpora) if args.corpora else corpora_dir()
-    texts: list[str] = []
-    for path, reader in ((base / "mtsamples.csv", read_mtsamples),
-                         (base / "physionet_deid_nursing" / "id.res", read_deid_nursing)):
-        if path.is_file():
-            texts.extend(t for _, t in reader(path))
-    if not texts:
-        print(f"no corpora under {base}", file=sys.stderr)
-        return 2
     one = sum(len(t) for t in texts)
-    reps = max(1, int(args.spark_mb * 1e6 // one) + 1)
+    reps = max(1, int(target_mb * 1e6 // one) + 1)
     work = Path(tempfile.mkdtemp(prefix="segment-bench-"))
     try:
         rows = [(str(r * 10_000_000 + i), t) for r in range(reps) for i, t in enumerate(texts)]
@@ -222,9 +215,8 @@ def spark_vs_library(args) -> int:
         df["SUBJECT_ID"], df["HADM_ID"], df["CATEGORY"] = "1", "2", "General"
         df.to_parquet(work / "notes.parquet", index=False, row_group_size=2000)
         mb = sum(len(t) for t in df.TEXT) / 1e6
-        print(f"corpus: {len(df)} notes, {mb:.1f} M chars ({reps} x the shared notes)")
-        lib = _throughput(get_segmenter("rules"), texts)
-        lib_n = _library_on_all_cores(texts, args.spark_cores)
+        notes = len(df)
+        del df, rows
         job = [sys.executable, str(Path(__file__).resolve().parents[1] / "jobs" / "segment_notes.py"),
                "--input", str(work / "notes.parquet"), "--output", str(work / "out"),
                "--master", f"local[{args.spark_cores}]", "--set", "spark.conf.spark.ui.enabled=false"]
@@ -238,32 +230,69 @@ def spark_vs_library(args) -> int:
             _tree_cpu(proc.pid, seen)  # the job, so rusage misses them: sample /proc
             time.sleep(0.2)
         out, err = proc.communicate()
-        res = subprocess.CompletedProcess(job, proc.returncode, out, err)
         wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            print(err[-2000:], file=sys.stderr)
+            return None
+        secs = float([ln.split()[-1] for ln in out.splitlines()
+                      if ln.strip().startswith("seconds")][-1])
         # CPU seconds of the job, its JVM and Python workers (last sample of each process):
         # robust to a busy machine, unlike wall time; start-up and JIT included.
-        cpu = sum(seen.values())
-        if res.returncode != 0:
-            print(res.stderr[-2000:], file=sys.stderr)
-            return 1
-        secs = float([ln.split()[-1] for ln in res.stdout.splitlines()
-                      if ln.strip().startswith("seconds")][-1])
-        per_core = mb / secs / args.spark_cores
-        n = args.spark_cores
-        print(f"library (rules, 1 core, CPU time): {lib['mb_per_s_cpu']:.2f} MB/s")
-        print(f"library (rules, {n} processes at once, CPU time): {lib_n:.2f} MB/s per core "
-              f"(cores that share caches and memory bandwidth: the most {n} busy cores give)")
-        print(f"segment job (local[{n}], Parquet in/out): {secs:.1f} s "
-              f"({wall:.1f} s with JVM start) = {per_core:.2f} MB/s per core")
-        print(f"job / library per core (wall): {per_core / lib['mb_per_s_cpu']:.2f} "
-              f"(vs {n} at once: {per_core / lib_n:.2f})")
-        print(f"segment job CPU time (JVM + Python workers, start-up included): {cpu:.1f} s = "
-              f"{mb / cpu:.2f} MB/s per CPU-second; job / library: "
-              f"{mb / cpu / lib['mb_per_s_cpu']:.2f}")
-        py = seen_py(seen)
-        print(f"  of which Python workers {py:.1f} s, JVM {cpu - py:.1f} s")
+        return {"notes": notes, "reps": reps, "mb": mb, "secs": secs, "wall": wall,
+                "cpu": sum(seen.values()), "py": seen_py(seen)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def spark_vs_library(args) -> int:
+    """The segment job against the bare library on the same corpus, one run; with two or
+    more sizes (``--spark-mb 100,300``) also the job's marginal speed (the difference of the
+    largest and smallest runs: the fixed JVM costs cancel)."""
+    base = Path(args.corpora) if args.corpora else corpora_dir()
+    texts: list[str] = []
+    for path, reader in ((base / "mtsamples.csv", read_mtsamples),
+                         (base / "physionet_deid_nursing" / "id.res", read_deid_nursing)):
+        if path.is_file():
+            texts.extend(t for _, t in reader(path))
+    if not texts:
+        print(f"no corpora under {base}", file=sys.stderr)
+        return 2
+    n = args.spark_cores
+    lib = _throughput(get_segmenter("rules"), texts)["mb_per_s_cpu"]
+    lib_n = _library_on_all_cores(texts, n)
+    print(f"library (rules, 1 core, CPU time): {lib:.2f} MB/s")
+    print(f"library (rules, {n} processes at once, CPU time): {lib_n:.2f} MB/s per core "
+          f"(cores that share caches and memory bandwidth: the most {n} busy cores give)")
+    runs = []
+    for target in sorted(float(x) for x in str(args.spark_mb).split(",") if x.strip()):
+        r = _spark_job(texts, target, args)
+        if r is None:
+            return 1
+        runs.append(r)
+        per_core = r["mb"] / r["secs"] / n
+        print(f"\ncorpus: {r['notes']} notes, {r['mb']:.1f} M chars ({r['reps']} x the shared notes)")
+        print(f"segment job (local[{n}], Parquet in/out): {r['secs']:.1f} s "
+              f"({r['wall']:.1f} s with JVM start) = {per_core:.2f} MB/s per core")
+        print(f"job / library per core (wall): {per_core / lib:.2f} "
+              f"(vs {n} at once: {per_core / lib_n:.2f})")
+        print(f"segment job CPU time (JVM + Python workers, start-up included): {r['cpu']:.1f} s = "
+              f"{r['mb'] / r['cpu']:.2f} MB/s per CPU-second; job / library: "
+              f"{r['mb'] / r['cpu'] / lib:.2f}")
+        print(f"  of which Python workers {r['py']:.1f} s, JVM {r['cpu'] - r['py']:.1f} s")
+        # The Python workers alone bound the job: were the JVM free, the job could run no
+        # faster than its workers' CPU spread over the cores.
+        print(f"  ceiling with a free JVM (Python workers' CPU over {n} cores): "
+              f"{r['mb'] / (r['py'] / n) / n / lib:.2f} of the library per core")
+    if len(runs) > 1:
+        a, b = runs[0], runs[-1]
+        d_mb, d_s, d_cpu, d_py = (b["mb"] - a["mb"], b["secs"] - a["secs"],
+                                  b["cpu"] - a["cpu"], b["py"] - a["py"])
+        if d_s > 0 and d_cpu > 0:
+            print(f"\nat the margin ({a['mb']:.0f} -> {b['mb']:.0f} MB; fixed costs cancel): "
+                  f"{d_mb / d_s / n:.2f} MB/s per core = {d_mb / d_s / n / lib:.2f} of the library "
+                  f"per core (vs {n} at once: {d_mb / d_s / n / lib_n:.2f}); "
+                  f"{d_cpu:.1f} CPU-s per {d_mb:.0f} MB (Python {d_py:.1f}, JVM {d_cpu - d_py:.1f}); "
+                  f"fixed costs about {a['cpu'] - a['mb'] * d_cpu / d_mb:.1f} CPU-s")
     return 0
 
 

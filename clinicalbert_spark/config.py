@@ -109,7 +109,7 @@ class SparkConfig(_Section):
     # Spark Connect server (sc://host:port); None: $SPARK_REMOTE, else a classic session.
     remote: Optional[str] = None
     app_name: str = "clinicalbert-spark"
-    # Rows per Arrow batch sent to the pandas UDFs (segmentation and encoding).
+    # Rows per Arrow batch sent to the Python UDFs (segmentation and encoding).
     arrow_batch_size: int = Field(default=2000, gt=0)
     partitions: Optional[int] = Field(default=None, gt=0)  # repartition notes/sentences first
     # Private (0700) scratch space for Spark's spill and temp files, which hold note text.

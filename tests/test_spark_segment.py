@@ -144,3 +144,49 @@ def test_user_spark_settings_win_over_local_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--driver-memory 5g --conf spark.x.y=1 pyspark-shell")
     assert {"spark.driver.memory", "spark.x.y"} <= user_spark_settings()
     assert local_mode_defaults() == {}
+
+
+def test_segment_batch_arrow_arrays_without_spark():
+    """The UDF body on its own: per-note Arrow lists that point back into each note, sections
+    listed once per note, and a failed or empty note as an error row with null arrays."""
+    import pyarrow as pa
+
+    from clinicalbert_spark.segment import get_segmenter
+    from clinicalbert_spark.spark.segment import NOTE_SEGMENTS, segment_batch
+
+    notes = ["HISTORY OF PRESENT ILLNESS:\nChest pain. No fever.\n\nPLAN:\nAspirin 81 mg daily.",
+             None, "Pt stable overnight. Vitals: T 37.1, HR 88.", "Déjà vu: café. Next one."]
+    ids = pa.array(["a", "b", "c", "d"])
+    got = segment_batch(pa.array(notes), get_segmenter("rules"), fail={"c"}, note_ids=ids)
+    assert got.type.names == NOTE_SEGMENTS.fieldNames()
+    rows = got.to_pylist()
+    a, b, c, d = rows
+    for text, row in ((notes[0], a), (notes[3], d)):
+        assert row["error"] is None and len(row["start"]) >= 2
+        assert [text[s:e] for s, e in zip(row["start"], row["end"])] == row["text"]
+        # Each sentence's section position points into the note's own section list.
+        assert max(row["sec"]) < len(row["sec_index"]) == len(set(row["sec_index"]))
+    assert [t for t in a["sec_title"]][:2] == ["HISTORY OF PRESENT ILLNESS", "PLAN"]
+    assert b["error"] == "NoSentences" and b["start"] is None and b["sec_title"] is None
+    assert c["error"] == "RuntimeError" and c["text"] is None  # the type name only, no text
+    no_text = segment_batch(pa.array(notes[:1]), get_segmenter("rules"), include_text=False)
+    row = no_text.to_pylist()[0]
+    assert row["start"] == a["start"] and set(row["text"]) == {None}
+
+
+def test_pandas_udf_fallback_for_older_spark(spark, demo_csv, tmp_path, monkeypatch):
+    """Spark 3.5 and 4.0 have no Arrow UDFs: the same segmenter body in a pandas UDF gives the
+    same sentence rows, offsets and sections as the Arrow one."""
+    from clinicalbert_spark.io import read_notes
+    from clinicalbert_spark.config import InputConfig
+    from clinicalbert_spark.spark import segment as seg_mod
+
+    notes = read_notes(spark, InputConfig(path=str(demo_csv))).notes
+    got = {}
+    for arrow in (True, False):
+        monkeypatch.setattr(seg_mod, "ARROW_UDF", arrow)
+        sentences, _ = seg_mod.split_segment_output(seg_mod.segment_notes(notes))
+        got[arrow] = sentences.drop("segmenter_version").toPandas().sort_values(
+            ["note_id", "sentence_index"]).reset_index(drop=True)
+    assert len(got[True]) > 50
+    pd.testing.assert_frame_equal(got[True], got[False])
