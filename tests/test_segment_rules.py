@@ -80,6 +80,18 @@ def test_lowercase_nursing_sentences():
         "afebrile.", "lungs clear.", "abd soft, +bs.", "voiding qs."]
 
 
+def test_slash_shorthand_ends_a_sentence():
+    # "n/v", "u/o", "o/n", "c/o" end sentences in nursing notes; a one-letter tail after the
+    # slash is shorthand, not the abbreviation "v." (versus) or a title
+    assert sents("Denies n/v. No SOB, chest pain.") == ["Denies n/v.", "No SOB, chest pain."]
+    assert sents("gi: tol diet. no n/v. abd soft.") == ["gi: tol diet.", "no n/v.", "abd soft."]
+    assert sents("Decreased c/o. Increased u/o") == ["Decreased c/o.", "Increased u/o"]
+    assert sents("stable o/n. follow cx data.") == ["stable o/n.", "follow cx data."]
+    # ... while a word after the slash still decides, and "c/o." before lowercase runs on
+    assert sents("Seen w/Dr. [**Name**] today.") == ["Seen w/Dr. [**Name**] today."]
+    assert sents("Pt c/o. chest pain") == ["Pt c/o. chest pain"]
+
+
 def test_questionable_mark_is_not_a_boundary():
     assert sents("CXR ? PNA vs atelectasis. ? Aspiration event.") == [
         "CXR ? PNA vs atelectasis.", "? Aspiration event."]

@@ -27,7 +27,7 @@ from .sections import split_sections, split_sections_tree
 from .sentences import sentence_cuts, spans
 from .types import Section, Sentence, make_sentence
 
-RULES_VERSION = "2.0.0"
+RULES_VERSION = "2.0.1"
 SCISPACY_MODELS = ("en_core_sci_md", "en_core_sci_sm")
 SCISPACY_INSTALL_HINT = (
     "the 'scispacy' segmenter needs a scispaCy model: pip install 'clinicalbert-spark[scispacy]' "

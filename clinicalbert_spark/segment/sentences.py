@@ -166,10 +166,18 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int,
     """Cut position for a single ``.`` ending token ``tok`` (or None): the usual cut, or the
     token's own start for an inline enumeration item (``... 2. COPD`` cuts before ``2``)."""
     core = tok.lstrip(_LEADING_PUNCT)
+    shorthand = False
     if "/" in core[1:-1] and not core[-1].isdigit():
-        core = core.rsplit("/", 1)[1]  # "w/Dr. [**Name**]", "pt/Dr."
+        tail = core.rsplit("/", 1)[1]
+        # "w/Dr. [**Name**]", "pt/Dr.": the word after the slash decides; but a one-letter
+        # tail is shorthand, not a word ("n/v. No SOB", "h/a. Denies", "decreased c/o. Increased
+        # u/o"): the token as a whole, which a period after it ends before a capital.
+        if len(tail.rstrip(".")) > 1:
+            core = tail
+        else:
+            shorthand = True
     low = core.lower()
-    if low in NO_BREAK_ABBREVIATIONS:
+    if low in NO_BREAK_ABBREVIATIONS and not shorthand:
         return None
     if nxt.isdigit() and low in BEFORE_NUMBER_ABBREVIATIONS:
         return None  # "Fig. 2", "vol. 3", "pg. 4", "p. 12"
@@ -259,7 +267,8 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int,
     if nxt.islower():
         # All-lowercase nursing prose: "afebrile. lungs clear." - split after a real word.
         letters = sum(c.isalpha() for c in core)
-        if letters >= 3 or (core and (core[-1].isdigit() or core[-1] in "%)")):
+        if letters >= 3 or (shorthand and low not in NO_BREAK_ABBREVIATIONS) or (
+                core and (core[-1].isdigit() or core[-1] in "%)")):
             return cut
         return None
     if nxt.isalnum() or nxt in "[(\"'#-*?\u201c\u2018":
