@@ -229,6 +229,16 @@ def test_inline_headers_mimic2_and_mtsamples():
     assert [c for _, c in cats(t2)] == ["subjective", "medications", "procedures"]
 
 
+def test_nursing_system_header_variants():
+    # ICU nursing shorthand for body-system headers (MIMIC-II nursing notes)
+    t = ("neuro: alert.\nINTEG: sacral decubitus.\nDerm: rash resolved.\nF/E/N: TF at goal.\n"
+         "f/e: k repleted.\nGi status: abd soft.\nGU status: foley patent.\n"
+         "CV status: hr 80s.\nOrtho: dressing changed.")
+    assert [c for _, c in cats(t)] == [
+        "neuro", "skin", "skin", "nutrition", "nutrition", "gastrointestinal", "genitourinary",
+        "cardiovascular", "musculoskeletal"]
+
+
 def tree(text: str) -> list[tuple[str, str | None]]:
     """(section_category, subsection_category) per sentence."""
     return [(s.section_category, s.subsection_category) for s in SEG.segment(text)]
