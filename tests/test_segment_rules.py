@@ -92,6 +92,16 @@ def test_slash_shorthand_ends_a_sentence():
     assert sents("Pt c/o. chest pain") == ["Pt c/o. chest pain"]
 
 
+def test_rate_unit_ends_a_lowercase_sentence():
+    # a unit after a slash closes a rate ("24/min", "30mcg/kg/min", "q 6/hr"): "." + lower-case
+    # word is a boundary there, while a bare duration may go on ("30 min. after")
+    assert sents("RR 24/min. strong cough.") == ["RR 24/min.", "strong cough."]
+    assert sents("propofol at 30mcg/kg/min. arousable to stimuli.") == [
+        "propofol at 30mcg/kg/min.", "arousable to stimuli."]
+    assert sents("u/o 20-30cc/hr. urine clear.") == ["u/o 20-30cc/hr.", "urine clear."]
+    assert sents("waited 30 min. after that stable.") == ["waited 30 min. after that stable."]
+
+
 def test_questionable_mark_is_not_a_boundary():
     assert sents("CXR ? PNA vs atelectasis. ? Aspiration event.") == [
         "CXR ? PNA vs atelectasis.", "? Aspiration event."]

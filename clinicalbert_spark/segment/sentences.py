@@ -166,17 +166,21 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int,
     """Cut position for a single ``.`` ending token ``tok`` (or None): the usual cut, or the
     token's own start for an inline enumeration item (``... 2. COPD`` cuts before ``2``)."""
     core = tok.lstrip(_LEADING_PUNCT)
-    shorthand = False
+    shorthand = after_slash = False
     if "/" in core[1:-1] and not core[-1].isdigit():
         tail = core.rsplit("/", 1)[1]
         # "w/Dr. [**Name**]", "pt/Dr.": the word after the slash decides; but a one-letter
         # tail is shorthand, not a word ("n/v. No SOB", "h/a. Denies", "decreased c/o. Increased
         # u/o"): the token as a whole, which a period after it ends before a capital.
         if len(tail.rstrip(".")) > 1:
-            core = tail
+            core, after_slash = tail, True
         else:
             shorthand = True
     low = core.lower()
+    # A rate or concentration ("RR 24/min. strong cough", "q 6/hr. receiving", "mg/dl. pt"):
+    # a unit after a slash closes its measurement, so "." + a lower-case word ends the sentence
+    # (after a bare unit the clause may go on: "30 min. after").
+    rate = after_slash and low in UNIT_ABBREVIATIONS and low not in ("etc", "al", "vs")
     if low in NO_BREAK_ABBREVIATIONS and not shorthand:
         return None
     if nxt.isdigit() and low in BEFORE_NUMBER_ABBREVIATIONS:
@@ -241,7 +245,7 @@ def _period_decision(text: str, tok: str, tok_start: int, nxt: str, cut: int,
         if _is_list_context(text, tok_start):
             return None  # "a. first item"
     dotted = "." in low and not any(c.isdigit() for c in low)
-    if nxt.islower() and low in FINAL_ABBREVIATIONS:
+    if nxt.islower() and (low in FINAL_ABBREVIATIONS or rate):
         return cut  # "+bs. tolerating", "kcl po. pulses" in lowercase nursing prose
     if low in ABBREVIATIONS or dotted:
         # "t.i.d.", "a.m.", "etc.", "mg.", "U.S.": a sentence end only before a capitalised word
