@@ -249,6 +249,19 @@ def test_nursing_system_header_variants():
         "cardiovascular", "musculoskeletal"]
 
 
+def test_caps_system_lines_without_separator():
+    # MIMIC-II ICU nursing notes in capitals: "CV SR 80S" with no colon or dash after the system
+    t = ("CV SR TO SB OCC PAC. WEANING DOPAMINE.\nPT IS USUALLY ON BETA BLOCKERS.\n"
+         "RESP LS CLEAR, SX FOR SM AMT.\nGI NOT TOL TF. [**Name (NI) 179**] TUBE CLAMPED.\n"
+         "C/V NSR NO ECTOPY\nPLAN ? TRANSFER TODAY")
+    assert [c for _, c in cats(t)] == ["cardiovascular", "respiratory", "gastrointestinal",
+                                       "cardiovascular", "plan"]
+    # two systems are not enough, and a line in mixed case or a wrapped line is prose
+    assert [c for _, c in cats("CV SR 80S.\nRESP LS CLEAR.\nNO OTHER ISSUES.")] == [PREAMBLE_CATEGORY]
+    prose = "CV SR 80S.\nRESP LS CLEAR.\nGI consult was called.\nSEEN BY\nNEURO TEAM TODAY."
+    assert [c for _, c in cats(prose)] == [PREAMBLE_CATEGORY]
+
+
 def tree(text: str) -> list[tuple[str, str | None]]:
     """(section_category, subsection_category) per sentence."""
     return [(s.section_category, s.subsection_category) for s in SEG.segment(text)]

@@ -202,7 +202,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "neuro": ("neuro", "neurological", "neurologic", "neuro/psych", "neurology", "ms",
               "neuro status", "cns", "neuro exam", "neurological exam", "neuro/mental status"),
-    "cardiovascular": ("cv", "cardiovascular", "cardiac", "heart", "cvs", "cardio", "cor",
+    "cardiovascular": ("cv", "c/v", "cardiovascular", "cardiac", "heart", "cvs", "cardio", "cor",
                        "chest/cv", "cv status", "cardiac status", "cardiovascular exam", "pulses", "vascular", "ext/vasc", "peripheral vascular", "cardiovascular/peripheral vascular"),
     "respiratory": ("resp", "respiratory", "pulm", "pulmonary", "lungs", "lung", "chest", "resp/pulm", "respiratory/chest", "chest/lungs", "lungs/chest",
                     "respiratory status", "pulmonary/respiratory", "breath sounds", "airway", "vent"),

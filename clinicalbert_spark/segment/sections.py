@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from .lexicon import (
     ALL_SUBHEADINGS,
+    CONTINUATION_WORDS,
     PREAMBLE_CATEGORY,
     REPORT_CATEGORIES,
     SUBSECTION_LEXICON,
@@ -75,6 +76,15 @@ _SIGNED_RE = re.compile(
     r"signed (?:electronically|out) by|e-signed by)\b(?![ \t]*:)")
 
 _SOAP_DOT_RE = re.compile(r"(?m)^[ \t]*(?P<title>[SOAP])\.(?=[ \t\r\n])")
+# ICU nursing notes in capitals with no separator after the system ("CV SR 80S NO VEA", "RESP LS
+# CLEAR", "GI ABD SOFT"): a capitalised body-system word at a line start, the line going on in
+# capitals, is a header when the note has such lines for at least three different systems.
+_BRACKET_RE = re.compile(_BRACKET)
+_CAPS_SYSTEM_RE = re.compile(r"(?m)^[ \t]*(?P<title>[A-Z][A-Z/]{1,9})[ \t]+(?=[A-Z0-9(\[?+\-~<>#])")
+_CAPS_SYSTEMS = frozenset({
+    "neuro", "cardiovascular", "respiratory", "gastrointestinal", "genitourinary",
+    "infectious_disease", "endocrine", "hematology", "skin", "musculoskeletal", "social_history",
+    "plan"})
 _SOAP_CATEGORY = {"S": "subjective", "O": "objective", "A": "assessment", "P": "plan"}
 _VALUE_RE = re.compile(r"[-+~<>=(]*\s*\d")  # "KEY: 120/80", "KEY: (36.8)" -> a field
 _DIGIT_RE = re.compile(r"\d")
@@ -284,6 +294,27 @@ def _caps_line_header(text: str, t_start: int, title: str) -> bool:
     return bool(line) and _LOWER_RE.search(line) is not None and not _HEADERISH_RE.match(line)
 
 
+def _caps_system_headers(text: str) -> list[tuple[int, int, str, str, int]]:
+    """Header candidates of :data:`_CAPS_SYSTEM_RE` (see there), or none when the note has
+    them for fewer than three systems or the line before one runs on into it."""
+    found = []
+    for m in _CAPS_SYSTEM_RE.finditer(text):
+        info = _title_info(m.group("title"))
+        if info.field or info.category not in _CAPS_SYSTEMS:
+            continue
+        line = _LINE_END_RE.match(text, m.end()).group()
+        if _LOWER_RE.search(_BRACKET_RE.sub("", line)):
+            continue  # "GI consult was called": prose, not a system line
+        before = text[max(0, m.start() - 80): m.start()].rstrip()
+        last = before.rsplit(None, 1)[-1].lower() if before else ""
+        if last in CONTINUATION_WORDS:
+            continue  # "... SEEN BY\nNEURO TEAM": a wrapped line
+        found.append((m.start("title"), m.end("title"), "system", m.group("title"), m.end()))
+    if len({_title_info(t).category for _, _, _, t, _ in found}) < 3:
+        return []
+    return found
+
+
 def find_headers(text: str) -> list[Header]:
     """All header candidates of ``text`` accepted as headers (or sub-headings), in order,
     non-overlapping."""
@@ -326,6 +357,7 @@ def find_headers(text: str) -> list[Header]:
         if len({m.group("title") for m in soap}) >= 3:
             for m in soap:
                 cands.append((m.start("title"), m.end(), "soap", m.group("title"), m.end()))
+    cands.extend(_caps_system_headers(text))
     if "lowsheet" in text or "LOWSHEET" in text:
         for m in _PREFIX_RE.finditer(text):
             cands.append((m.start("title"), m.end("title"), "prefix", m.group("title"), m.end()))
@@ -352,6 +384,10 @@ def find_headers(text: str) -> list[Header]:
             if cat is None or len(title) > 30 or not (info.caps or " " in sep or "\t" in sep):
                 continue
             rest = _LINE_END_RE.match(text, end).group().strip()
+            alone = False
+        elif kind == "system":
+            cat = _title_info(title).category
+            rest = _LINE_END_RE.match(text, rest_start).group().strip()
             alone = False
         elif kind == "soap":
             cat = _SOAP_CATEGORY[title]
