@@ -80,7 +80,10 @@ _SOAP_DOT_RE = re.compile(r"(?m)^[ \t]*(?P<title>[SOAP])\.(?=[ \t\r\n])")
 # CLEAR", "GI ABD SOFT"): a capitalised body-system word at a line start, the line going on in
 # capitals, is a header when the note has such lines for at least three different systems.
 _BRACKET_RE = re.compile(_BRACKET)
-_CAPS_SYSTEM_RE = re.compile(r"(?m)^[ \t]*(?P<title>[A-Z][A-Z/]{1,9})[ \t]+(?=[A-Z0-9(\[?+\-~<>#])")
+# A literal line break first (not "(?m)^", which is tried at every position: 7x slower here).
+_CAPS_SYSTEM = r"[ \t]*(?P<title>[A-Z][A-Z/]{1,9})[ \t]+(?=[A-Z0-9(\[?+\-~<>#])"
+_CAPS_SYSTEM_RE = {nl: re.compile(nl + _CAPS_SYSTEM) for nl in ("\n", "\r")}
+_CAPS_SYSTEM_FIRST_RE = re.compile(_CAPS_SYSTEM)
 _CAPS_SYSTEMS = frozenset({
     "neuro", "cardiovascular", "respiratory", "gastrointestinal", "genitourinary",
     "infectious_disease", "endocrine", "hematology", "skin", "musculoskeletal", "social_history",
@@ -298,7 +301,9 @@ def _caps_system_headers(text: str) -> list[tuple[int, int, str, str, int]]:
     """Header candidates of :data:`_CAPS_SYSTEM_RE` (see there), or none when the note has
     them for fewer than three systems or the line before one runs on into it."""
     found = []
-    for m in _CAPS_SYSTEM_RE.finditer(text):
+    first = _CAPS_SYSTEM_FIRST_RE.match(text)
+    nl = "\n" if "\n" in text or "\r" not in text else "\r"  # bare-CR line ends (old Mac)
+    for m in ([first] if first else []) + list(_CAPS_SYSTEM_RE[nl].finditer(text)):
         info = _title_info(m.group("title"))
         if info.field or info.category not in _CAPS_SYSTEMS:
             continue
