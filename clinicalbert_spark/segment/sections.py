@@ -300,7 +300,7 @@ def _caps_line_header(text: str, t_start: int, title: str) -> bool:
 def _caps_system_headers(text: str) -> list[tuple[int, int, str, str, int]]:
     """Header candidates of :data:`_CAPS_SYSTEM_RE` (see there), or none when the note has
     them for fewer than three systems or the line before one runs on into it."""
-    found = []
+    found, systems = [], set()
     first = _CAPS_SYSTEM_FIRST_RE.match(text)
     nl = "\n" if "\n" in text or "\r" not in text else "\r"  # bare-CR line ends (old Mac)
     for m in ([first] if first else []) + list(_CAPS_SYSTEM_RE[nl].finditer(text)):
@@ -315,9 +315,8 @@ def _caps_system_headers(text: str) -> list[tuple[int, int, str, str, int]]:
         if last in CONTINUATION_WORDS:
             continue  # "... SEEN BY\nNEURO TEAM": a wrapped line
         found.append((m.start("title"), m.end("title"), "system", m.group("title"), m.end()))
-    if len({_title_info(t).category for _, _, _, t, _ in found}) < 3:
-        return []
-    return found
+        systems.add(info.category)
+    return found if len(systems) >= 3 else []
 
 
 def find_headers(text: str) -> list[Header]:

@@ -48,77 +48,70 @@ def _segmenter(backend: str):
     return seg
 
 
+# Which list offsets each array of NOTE_SEGMENTS follows: per sentence, per section used,
+# per sub-section used ("error" is one value per note).
+_GROUPS = {"start": 0, "end": 0, "text": 0, "sec": 0, "sub": 0, "sec_index": 1,
+           "sec_title": 1, "sec_category": 1, "sub_index": 2, "sub_title": 2, "sub_category": 2}
+
+
 class _Columns:
     """The flat values of one batch's :data:`NOTE_SEGMENTS` arrays, with list offsets per
     note: Arrow list arrays are made from them at once, with no per-note Python containers
     (per-note dicts, arrays and a pandas frame cost ~40% on top of the segmenter)."""
 
     def __init__(self) -> None:
-        self.start: list = []
-        self.end: list = []
-        self.text: list = []
-        self.sec: list = []
-        self.sub: list = []
-        self.sec_index: list = []
-        self.sec_title: list = []
-        self.sec_category: list = []
-        self.sub_index: list = []
-        self.sub_title: list = []
-        self.sub_category: list = []
-        self.error: list = []
-        self.valid: list = []  # False: an error row (its arrays are null)
+        self.values: dict[str, list] = {k: [] for k in _FIELDS}
         self.offsets = ([0], [0], [0])  # sentences, sections, sub-sections
 
     def add(self, text: str, sentences, include_text: bool) -> None:
+        v = self.values
+        sec_index, sec_title, sec_category = v["sec_index"], v["sec_title"], v["sec_category"]
+        sub_index, sub_title, sub_category = v["sub_index"], v["sub_title"], v["sub_category"]
+        start, end, cut, sec, sub_pos = v["start"], v["end"], v["text"], v["sec"], v["sub"]
         secs: dict[int, int] = {}
         subs: dict[int, int] = {}
         for s in sentences:
             pos = secs.get(s.section_index)
             if pos is None:
                 pos = secs[s.section_index] = len(secs)
-                self.sec_index.append(s.section_index)
-                self.sec_title.append(s.section_title)
-                self.sec_category.append(s.section_category)
+                sec_index.append(s.section_index)
+                sec_title.append(s.section_title)
+                sec_category.append(s.section_category)
             sub = None
             if s.subsection_index is not None:
                 sub = subs.get(s.subsection_index)
                 if sub is None:
                     sub = subs[s.subsection_index] = len(subs)
-                    self.sub_index.append(s.subsection_index)
-                    self.sub_title.append(s.subsection_title)
-                    self.sub_category.append(s.subsection_category)
-            self.start.append(s.start)
-            self.end.append(s.end)
+                    sub_index.append(s.subsection_index)
+                    sub_title.append(s.subsection_title)
+                    sub_category.append(s.subsection_category)
+            start.append(s.start)
+            end.append(s.end)
             # Cut here, not with SQL substring: that walks the note from its start for every
             # sentence (quadratic on a long note).
-            self.text.append(text[s.start:s.end] if include_text else None)
-            self.sec.append(pos)
-            self.sub.append(sub)
-        self._close(None)
+            cut.append(text[s.start:s.end] if include_text else None)
+            sec.append(pos)
+            sub_pos.append(sub)
+        self.close()
 
-    def fail(self, error: str) -> None:
-        self._close(error)
-
-    def _close(self, error: str | None) -> None:
-        for off, values in zip(self.offsets, (self.start, self.sec_index, self.sub_index)):
-            off.append(len(values))
-        self.error.append(error)
-        self.valid.append(error is None)
+    def close(self, error: str | None = None) -> None:
+        """End the note's row: an error row (null arrays) when ``error`` is given."""
+        for off, key in zip(self.offsets, ("start", "sec_index", "sub_index")):
+            off.append(len(self.values[key]))
+        self.values["error"].append(error)
 
     def to_arrow(self) -> pa.StructArray:
-        mask = pa.array([not v for v in self.valid], pa.bool_())
-        o, so, uo = (pa.array(off, pa.int32()) for off in self.offsets)
-
-        def lists(offsets, values, typ):
-            return pa.ListArray.from_arrays(offsets, pa.array(values, typ), mask=mask)
-
-        i32, utf8 = pa.int32(), pa.string()
-        arrays = [lists(o, self.start, i32), lists(o, self.end, i32), lists(o, self.text, utf8),
-                  lists(o, self.sec, i32), lists(o, self.sub, i32),
-                  lists(so, self.sec_index, i32), lists(so, self.sec_title, utf8),
-                  lists(so, self.sec_category, utf8),
-                  lists(uo, self.sub_index, i32), lists(uo, self.sub_title, utf8),
-                  lists(uo, self.sub_category, utf8), pa.array(self.error, utf8)]
+        mask = pa.array([e is not None for e in self.values["error"]], pa.bool_())
+        offsets = [pa.array(off, pa.int32()) for off in self.offsets]
+        arrays = []
+        for field in NOTE_SEGMENTS.fields:
+            values = self.values[field.name]
+            if field.name not in _GROUPS:
+                arrays.append(pa.array(values, pa.string()))
+                continue
+            typ = pa.int32() if isinstance(field.dataType.elementType, T.IntegerType) else pa.string()
+            arrays.append(pa.ListArray.from_arrays(offsets[_GROUPS[field.name]],
+                                                   pa.array(values, typ), mask=mask))
         return pa.StructArray.from_arrays(arrays, names=_FIELDS)
 
 
@@ -139,12 +132,12 @@ def segment_batch(texts, seg, include_text: bool = True, fail: set | None = None
                 raise RuntimeError("injected segmentation error (CBS_INJECT_SEGMENT_ERROR)")
             sentences = seg.segment(text)
         except Exception as e:  # noqa: BLE001 - one bad note never fails the job
-            out.fail(type(e).__name__)
+            out.close(type(e).__name__)
             continue
         if sentences:
             out.add(text, sentences, include_text)
         else:  # cannot happen for non-blank text; accounted for all the same
-            out.fail("NoSentences")
+            out.close("NoSentences")
     return out.to_arrow()
 
 
